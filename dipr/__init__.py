@@ -1,0 +1,1 @@
+"""dipr: pose estimation with the closed-form debiasing of integral pose regression."""

@@ -1,0 +1,15 @@
+"""The `dipr` console script: one subcommand per part of the product, each defined with its part."""
+
+import argparse
+
+from dipr.evaluation import cli as eval_cli
+from dipr.export import cli as export_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dipr", description=__doc__)
+    subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
+    export_cli.add_parser(subparsers)
+    eval_cli.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)

@@ -1,0 +1,37 @@
+"""Load the committed MoveNet weights (made by `dipr.models.movenet.importer`)."""
+
+from pathlib import Path
+
+import torch
+from dipr.models.movenet.network import VARIANTS, MoveNet
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
+
+
+def default_weights(variant: str) -> Path:
+    return WEIGHTS_DIR / f"movenet-{variant}.safetensors"
+
+
+def weights_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_movenet(variant: str, path: Path | None = None) -> MoveNet:
+    """The network in eval mode with fp32 parameters; clear errors for bad names or files."""
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown MoveNet variant {variant!r}; known: {', '.join(sorted(VARIANTS))}"
+        )
+    path = path or default_weights(variant)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MoveNet weights not found at {path}; regenerate them with "
+            "`python -m dipr.models.movenet.importer`"
+        )
+    model = MoveNet(VARIANTS[variant])
+    state = {k: v.to(torch.float32) for k, v in load_file(path).items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()

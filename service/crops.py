@@ -1,0 +1,63 @@
+"""Top-down person crops: box → padded, aspect-corrected square of the model input → warp, and back.
+
+A box [x1, y1, x2, y2] (pixel edges) becomes a centre and a size, padded by 1.25 and widened or
+heightened to the model's aspect ratio, then one cv2.warpAffine maps that region of the full image
+straight onto the network input. Keypoints come back through the inverse of the same affine.
+Coordinates are pixel indices (centre of the first pixel = 0) on both sides.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PADDING = 1.25
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One region of an image, resampled to the network input by `matrix` (2×3, image → input)."""
+
+    matrix: np.ndarray
+    inverse: np.ndarray
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """[..., 2] input-pixel (x, y) → image pixels."""
+        return points @ self.inverse[:, :2].T + self.inverse[:, 2]
+
+
+def crop_for_box(
+    box: tuple[float, float, float, float] | np.ndarray,
+    input_size: tuple[int, int],
+    padding: float = PADDING,
+) -> Crop:
+    """The affine that maps the padded box onto an input of `input_size` = (width, height)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    width, height = input_size
+    aspect = width / height
+    box_w, box_h = (x2 - x1) * padding, (y2 - y1) * padding
+    # Grow the short side so the region has the input's aspect ratio: no distortion.
+    if box_w > box_h * aspect:
+        box_h = box_w / aspect
+    else:
+        box_w = box_h * aspect
+    scale = width / box_w  # input pixels per image pixel, same on both axes
+    # Continuous coordinates (edges) map as u' = (u - left) * scale; index = continuous - 0.5.
+    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = centre_x - box_w / 2, centre_y - box_h / 2
+    shift_x = (0.5 - left) * scale - 0.5
+    shift_y = (0.5 - top) * scale - 0.5
+    matrix = np.array([[scale, 0.0, shift_x], [0.0, scale, shift_y]])
+    return Crop(matrix=matrix, inverse=cv2.invertAffineTransform(matrix))
+
+
+def warp(image: np.ndarray, crop: Crop, input_size: tuple[int, int]) -> np.ndarray:
+    """The network input for one crop: bilinear, zero outside the image."""
+    return cv2.warpAffine(
+        image,
+        crop.matrix,
+        input_size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
