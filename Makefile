@@ -20,6 +20,10 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[export,eval,dev]'
 	touch $@ $(SERVE_STAMP)
 
+# Serves the committed default model; the serving install has no torch.
+serve: $(SERVE_STAMP)
+	$(BIN)/dipr serve
+
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest

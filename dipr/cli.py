@@ -4,6 +4,7 @@ import argparse
 
 from dipr.evaluation import cli as eval_cli
 from dipr.export import cli as export_cli
+from dipr.service import cli as serve_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,5 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
     export_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
+    serve_cli.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dipr.models.movenet.network import VARIANTS
-from dipr.models.movenet.pose import REGIONS
+from dipr.models.movenet.variants import VARIANTS
+from dipr.models.regions import REGIONS
 
 DEFAULT_OUTPUT = Path(__file__).parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
 DEFAULT_PARITY_IMAGES = Path(__file__).parents[1] / "tests" / "fixtures" / "photos"
@@ -25,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ONNX path (default: models/onnx/movenet-<variant>.onnx)",
     )
-    parser.add_argument("--beta", type=float, default=10.0)
+    parser.add_argument("--beta", type=float, default=5.0)
     parser.add_argument("--region", default="person", choices=REGIONS)
-    parser.add_argument("--window", type=int, default=11)
+    parser.add_argument("--window", type=int, default=7)
     parser.add_argument(
         "--fp16", action="store_true", help="backbone in fp16, the debiasing head stays fp32"
     )

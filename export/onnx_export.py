@@ -10,11 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from dipr.export import contract
 from dipr.models.keypoints import COCO_KEYPOINTS, COCO_SKELETON
-from dipr.models.movenet.network import VARIANTS
-from dipr.models.movenet.pose import MoveNetPose, Region
+from dipr.models.movenet.pose import MoveNetPose
+from dipr.models.movenet.variants import VARIANTS
 from dipr.models.movenet.weights import default_weights, load_movenet
+from dipr.models.regions import Region
 
 OPSET = 18  # torch.logsumexp exported at opset 17 gave an invalid model
 SCORE_MEANING = (
@@ -27,9 +29,9 @@ SCORE_MEANING = (
 @dataclass(frozen=True)
 class ExportOptions:
     variant: str = "thunder"
-    beta: float = 10.0
+    beta: float = 5.0
     region: Region = "person"
-    window: int = 11
+    window: int = 7
     weights: Path | None = None
     fp16: bool = False
     version: str = "1"

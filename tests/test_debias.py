@@ -21,13 +21,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from dipr.models.debias import (
     GUARD_EPS,
     IntegralEstimate,
     integral_estimate,
     soft_argmax_debiased,
 )
-from torch import nn
 
 F64 = torch.float64
 

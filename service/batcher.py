@@ -1,0 +1,194 @@
+"""Dynamic batching of crops from concurrent requests, independent of HTTP and of ONNX.
+
+Requests submit their crops from the event loop; one worker thread takes what has queued (up to
+`max_batch_size` crops), runs the inference function on the stacked batch, and scatters the rows
+back. With `max_delay_s = 0` (CPU) the worker never waits for a batch to fill: it takes what
+queued while the previous batch ran, which keeps latency at concurrency 1 unchanged. On a GPU a
+small delay can buy larger batches. A request's crops may span several batches; its result is
+reassembled in crop order. The queue is bounded in crops (full → `Overloaded`), each request has a
+deadline (passed → `DeadlineExceeded`; crops not yet run are dropped), and a failing batch fails
+only the requests that had crops in it.
+"""
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from dipr.service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+
+InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (the service turns it into metrics)."""
+
+    def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None: ...
+
+    def queue_depth(self, depth: int) -> None: ...
+
+
+class _NoObserver:
+    def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None:
+        pass
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request: its crops, where their results go, and how to wake the request."""
+
+    crops: np.ndarray
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float = field(default_factory=time.monotonic)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    remaining: int = 0
+    # Set once the job is answered or given up (by the worker or the waiting request): its
+    # remaining crops are skipped. A plain flag, because the future belongs to the event loop.
+    closed: bool = False
+
+    def abandoned(self) -> bool:
+        return self.closed or time.monotonic() > self.deadline
+
+    def settle(
+        self, result: dict[str, np.ndarray] | None = None, error: Exception | None = None
+    ) -> None:
+        self.closed = True
+
+        def apply() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result or {})
+
+        self.loop.call_soon_threadsafe(apply)
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        max_batch_size: int,
+        max_queue: int,
+        max_delay_s: float = 0.0,
+        observer: BatchObserver | None = None,
+        retry_after_s: int = 1,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue must be ≥ 1, max_delay_s ≥ 0")
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._max_delay = max_delay_s
+        self._observer = observer or _NoObserver()
+        self._retry_after = retry_after_s
+        self._queue: deque[tuple[_Job, int]] = deque()  # (job, crop index)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="dipr-batcher", daemon=True)
+        self.consecutive_failures = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish what was accepted, then end the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    async def submit(self, crops: np.ndarray, deadline: float) -> dict[str, np.ndarray]:
+        """Run `crops` [n, H, W, 3]; returns each output with n rows, in crop order."""
+        if len(crops) == 0:
+            return {}
+        loop = asyncio.get_running_loop()
+        job = _Job(
+            crops=crops,
+            deadline=deadline,
+            loop=loop,
+            future=loop.create_future(),
+            remaining=len(crops),
+        )
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("the service is shutting down", self._retry_after)
+            if len(self._queue) + len(crops) > self.max_queue:
+                raise Overloaded(
+                    f"queue full ({len(self._queue)} crops waiting)", self._retry_after
+                )
+            self._queue.extend((job, i) for i in range(len(crops)))
+            self._observer.queue_depth(len(self._queue))
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            job.closed = True
+            raise DeadlineExceeded(
+                "the request's deadline passed before inference finished"
+            ) from None
+
+    def _take_batch(self) -> list[tuple[_Job, int]] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None  # stopping and drained
+            if self._max_delay > 0 and len(self._queue) < self.max_batch_size:
+                fill_by = self._queue[0][0].enqueued + self._max_delay
+                self._cond.wait_for(
+                    lambda: len(self._queue) >= self.max_batch_size,
+                    timeout=max(0.0, fill_by - time.monotonic()),
+                )
+            batch: list[tuple[_Job, int]] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                job, index = self._queue.popleft()
+                if job.abandoned():
+                    if not job.closed:
+                        job.settle(error=DeadlineExceeded("deadline passed while queued"))
+                    continue
+                batch.append((job, index))
+            self._observer.queue_depth(len(self._queue))
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[_Job, int]]) -> None:
+        started = time.monotonic()
+        waits = [started - job.enqueued for job, _ in batch]
+        try:
+            outputs = self._infer(np.stack([job.crops[index] for job, index in batch]))
+        except Exception as error:  # any failure of the model fails only this batch's requests
+            self.consecutive_failures += 1
+            failure = InferenceFailed(f"inference failed: {type(error).__name__}: {error}")
+            for job in {job for job, _ in batch}:
+                job.settle(error=failure)
+            return
+        self.consecutive_failures = 0
+        self._observer.batch_done(len(batch), waits, time.monotonic() - started)
+        for row, (job, index) in enumerate(batch):
+            for name, values in outputs.items():
+                if name not in job.outputs:
+                    job.outputs[name] = np.empty((len(job.crops), *values.shape[1:]), values.dtype)
+                job.outputs[name][index] = values[row]
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.settle(result=job.outputs)

@@ -1,0 +1,194 @@
+"""Request bytes → RGB uint8 image, safely.
+
+Only JPEG, PNG, WebP and BMP are accepted, recognised by their magic bytes, so the other codecs
+linked into OpenCV (TIFF, GIF, AVIF, JPEG 2000, ...) never see untrusted input. Each image's
+declared size is read from its header by the small parsers below before any pixel is decoded: a
+tiny file declaring 100000 × 100000 pixels (a decompression bomb) is refused without allocating.
+
+Decoding is cv2.imdecode with IMREAD_COLOR, which applies the EXIF orientation and converts
+grayscale, palette, 16-bit (high byte), RGBA (alpha dropped) and CMYK sources to 8-bit BGR.
+Truncation, as observed with OpenCV 5.0: a JPEG or PNG cut off mid-file decodes to None, which
+becomes UndecodableImage; a JPEG whose scan ends early at an end-of-image marker decodes to the
+full size with the missing rows grey, and is accepted (it cannot be told from a real picture).
+OpenCV may log warnings about corrupt data to stderr; that is harmless.
+"""
+
+import struct
+
+import cv2
+import numpy as np
+
+from dipr.service.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
+
+SUPPORTED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+_SUPPORTED = f"send one of {', '.join(SUPPORTED_MEDIA_TYPES)} (or application/octet-stream)"
+
+# SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG, reserved) and CC (DAC) share the range.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and RST0..7.
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+_HEIF_BRANDS = frozenset([b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"])
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format from the magic bytes: "jpeg", "png", "webp", "bmp", or None for anything else."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith(b"BM"):
+        return "bmp"
+    return None
+
+
+def declared_size(data: bytes, fmt: str) -> tuple[int, int]:
+    """(width, height) from the header alone; UndecodableImage if it is truncated or garbled."""
+    parsers = {"jpeg": _jpeg_size, "png": _png_size, "webp": _webp_size, "bmp": _bmp_size}
+    if fmt not in parsers:
+        raise ValueError(f"unknown image format {fmt!r}")
+    if sniff_format(data) != fmt:
+        raise UndecodableImage(f"the data is not a {fmt.upper()} file")
+    return parsers[fmt](data)
+
+
+def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
+    """Decode one image to a contiguous RGB uint8 array [H, W, 3].
+
+    The content type only gates: the bytes decide the format (clients mislabel freely).
+    """
+    _check_content_type(content_type)
+    if not data:
+        raise UndecodableImage("the image is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        other = _other_format(data)
+        if other is not None:
+            raise UnsupportedMediaType(f"{other} images are not supported; {_SUPPORTED}")
+        raise UndecodableImage("the data is not a JPEG, PNG, WebP or BMP image")
+    width, height = declared_size(data, fmt)
+    if width == 0 or height == 0:
+        raise UndecodableImage(f"the {fmt.upper()} header declares an empty {width}x{height} image")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. OpenCV's own size limits
+        raise UndecodableImage(f"the {fmt.upper()} decoder failed") from error
+    if image is None:
+        raise UndecodableImage(f"corrupt or truncated {fmt.upper()} data")
+    if image.dtype == np.uint16:  # IMREAD_COLOR already gives 8 bits; guard other OpenCV versions
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise UndecodableImage(
+            f"unexpected decoded {fmt.upper()} image {image.dtype} {image.shape}"
+        )
+    # EXIF orientations 5..8 swap the axes, so either order matches the header.
+    if image.shape[:2] not in ((height, width), (width, height)):
+        raise UndecodableImage(
+            f"the {fmt.upper()} header declares {width}x{height} but the data decodes to "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # a new, contiguous array
+
+
+def _check_content_type(content_type: str | None) -> None:
+    if content_type is None:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    # An empty type is treated as undeclared, like application/octet-stream.
+    if media_type in ("", "application/octet-stream", *SUPPORTED_MEDIA_TYPES):
+        return
+    raise UnsupportedMediaType(f"content type {media_type[:100]!r} is not supported; {_SUPPORTED}")
+
+
+def _other_format(data: bytes) -> str | None:
+    """Name a recognisable image (or markup) format that is not supported, so the error says so."""
+    if data.startswith(b"GIF8"):
+        return "GIF"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIC/HEIF"
+        return f"ISO media ({brand.decode('latin-1')!r})"
+    head = data[:4096].removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<"):
+        return "SVG" if b"<svg" in head.lower() else "XML/HTML"
+    return None
+
+
+def _unpack(fmt: str, data: bytes, offset: int) -> tuple:
+    try:
+        return struct.unpack_from(fmt, data, offset)
+    except struct.error as error:
+        raise UndecodableImage("the image header is truncated") from error
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    # The first chunk must be IHDR: length 13, then width and height (big-endian).
+    length, kind, width, height = _unpack(">I4sII", data, 8)
+    if kind != b"IHDR" or length != 13:
+        raise UndecodableImage("PNG: the first chunk is not IHDR")
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2  # after SOI
+    while True:
+        if pos >= len(data) or data[pos] != 0xFF:
+            raise UndecodableImage("JPEG: no frame header (expected a marker)")
+        while pos < len(data) and data[pos] == 0xFF:  # any number of fill bytes
+            pos += 1
+        if pos >= len(data):
+            raise UndecodableImage("JPEG: the header is truncated")
+        marker = data[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0x00, 0xD8, 0xD9, 0xDA):  # stuffed byte, SOI, EOI, SOS: no frame header
+            raise UndecodableImage(f"JPEG: marker 0x{marker:02X} before the frame header")
+        (length,) = _unpack(">H", data, pos)
+        if length < 2:
+            raise UndecodableImage("JPEG: bad segment length")
+        if marker in _JPEG_SOF:
+            _precision, height, width = _unpack(">BHH", data, pos + 2)
+            return width, height
+        pos += length
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    (kind,) = _unpack("4s", data, 12)
+    if kind == b"VP8 ":  # lossy: frame tag, start code, 14-bit sizes (top 2 bits are scaling)
+        start, width, height = _unpack("<3x3sHH", data, 20)
+        if start != b"\x9d\x01\x2a":
+            raise UndecodableImage("WebP: bad VP8 start code")
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L":  # lossless: signature 0x2F, then 14-bit width-1 and height-1
+        signature, bits = _unpack("<BI", data, 20)
+        if signature != 0x2F:
+            raise UndecodableImage("WebP: bad VP8L signature")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":  # extended: flags, reserved, 24-bit canvas width-1 and height-1
+        width, height = _unpack("<4x3s3s", data, 20)
+        return int.from_bytes(width, "little") + 1, int.from_bytes(height, "little") + 1
+    raise UndecodableImage(f"WebP: unknown first chunk {kind!r}")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (header_size,) = _unpack("<I", data, 14)
+    if header_size == 12:  # BITMAPCOREHEADER: unsigned 16-bit sizes
+        width, height = _unpack("<HH", data, 18)
+        return width, height
+    if header_size >= 40:  # BITMAPINFOHEADER and its successors: signed 32-bit sizes
+        width, height = _unpack("<ii", data, 18)
+        if width < 0:
+            raise UndecodableImage("BMP: negative width")
+        return width, abs(height)  # negative height means top-down rows
+    raise UndecodableImage(f"BMP: unknown header size {header_size}")

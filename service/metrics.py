@@ -1,0 +1,110 @@
+"""Prometheus metrics, all prefixed `dipr_`.
+
+With several worker processes, set PROMETHEUS_MULTIPROC_DIR (an empty folder) before start-up:
+prometheus-client then keeps the values in files there and /metrics aggregates all workers.
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """The service's metrics; also the batcher's observer."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        multi = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        r = self.registry
+        self.requests = Counter(
+            "dipr_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "dipr_request_duration_seconds",
+            "Time from request to response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "dipr_queue_wait_seconds",
+            "Time a crop waited in the batch queue",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "dipr_inference_duration_seconds",
+            "Time of one batched inference",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dipr_batch_size", "Crops per inference batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth_gauge = Gauge(
+            "dipr_queue_depth",
+            "Crops waiting for inference",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.persons = Counter("dipr_persons", "Person crops estimated", registry=r)
+        self.images = Counter("dipr_images", "Images estimated", registry=r)
+        self.rejected = Counter(
+            "dipr_rejected", "Requests refused, by reason", ["reason"], registry=r
+        )
+        self.model_info = Gauge(
+            "dipr_model_info",
+            "The model being served (value 1)",
+            ["name", "version", "provider"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        if multi:
+            # Serve the aggregate of every worker's files, not this process's own values.
+            self.exposition_registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition_registry)
+        else:
+            self.exposition_registry = self.registry
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.exposition_registry), CONTENT_TYPE_LATEST
+
+    # BatchObserver
+    def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_duration.observe(seconds)
+        for wait in queue_waits:
+            self.queue_wait.observe(wait)
+
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)

@@ -1,0 +1,63 @@
+"""The service's configuration: one typed object, read once at start-up from DIPR_* variables."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIPR_", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    model_path: Path = Field(DEFAULT_MODEL, description="ONNX model following the dipr contract")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="auto: CUDA when onnxruntime can use it, else CPU; cuda: CUDA or not "
+        "ready; cpu: CPU only",
+    )
+    device_id: int = Field(0, ge=0, description="CUDA device")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ORT threads per inference (0: ORT's choice, all cores)"
+    )
+    max_batch_size: int = Field(16, ge=1, description="most crops in one inference")
+    batch_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="how long a batch may wait to fill; "
+        "0 takes what queued while the last batch ran (best on CPU)",
+    )
+    max_queue: int = Field(
+        256, ge=1, description="most crops waiting; beyond it requests get 503 with Retry-After"
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request (504)")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
+    max_request_bytes: int = Field(32 * MiB, ge=1, description="largest request body (413)")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="largest image, width×height, checked before decoding (413)"
+    )
+    max_images: int = Field(16, ge=1, description="most images in one request (413)")
+    max_boxes: int = Field(64, ge=1, description="most person boxes in one request (413)")
+    box_padding: float = Field(1.25, ge=1.0, description="box enlargement before cropping")
+    failure_threshold: int = Field(
+        3, ge=1, description="consecutive failed batches after which readiness goes down"
+    )
+
+    @model_validator(mode="after")
+    def _boxes_fit_the_queue(self) -> "Settings":
+        # A request with more crops than the queue holds could never be admitted.
+        if max(self.max_boxes, self.max_images) > self.max_queue:
+            raise ValueError("max_boxes and max_images must not exceed max_queue")
+        return self
+
+    @property
+    def warmup_batch_sizes(self) -> list[int]:
+        sizes = [1]
+        while sizes[-1] * 2 <= self.max_batch_size:
+            sizes.append(sizes[-1] * 2)
+        return sorted({*sizes, self.max_batch_size})
