@@ -4,21 +4,34 @@ It knows requests and responses, nothing of ONNX: the work is done by `PosePipel
 """
 
 import asyncio
+import hmac
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException
 
 from dipr.service.backend import ModelError, OnnxBackend, ProviderUnavailable
 from dipr.service.batcher import Batcher
-from dipr.service.errors import NotReady, Overloaded, PayloadTooLarge, ServiceError
+from dipr.service.errors import (
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+)
 from dipr.service.images import SUPPORTED_MEDIA_TYPES
+from dipr.service.logs import request_id
 from dipr.service.metrics import Metrics
 from dipr.service.pipeline import ImagePoses, PosePipeline
 from dipr.service.render import render_jpeg
@@ -54,6 +67,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.pipeline: PosePipeline | None = None
         self.not_ready_reason: str | None = "loading the model"
+        self.api_keys = settings.all_api_keys()
 
     def load(self) -> None:
         """Load the model, warm it up, start batching (blocking: run it off the event loop)."""
@@ -81,9 +95,13 @@ class Service:
         self.not_ready_reason = None
         log.info("ready: %s %s on %s", info.name, info.version, backend.provider)
 
-    def drain(self) -> None:
-        """Stop taking work, finish what was accepted."""
+    def begin_drain(self) -> None:
+        """Readiness goes 503 and new work is refused; accepted work goes on."""
         self.not_ready_reason = "shutting down"
+
+    def stop(self) -> None:
+        """Finish what the batcher accepted, then end it."""
+        self.begin_drain()
         if self.batcher is not None:
             self.batcher.stop()
 
@@ -101,6 +119,28 @@ def get_service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+_bearer = HTTPBearer(auto_error=False, description="an API key, when the service has any")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def require_api_key(
+    service: Annotated[Service, Depends(get_service)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header_key: Annotated[str | None, Security(_api_key_header)],
+) -> None:
+    keys = service.api_keys
+    if not keys:
+        return
+    offered = (bearer.credentials if bearer else header_key or "").encode()
+    # Compare with every key, without stopping early: the time taken says nothing about
+    # which key, or how much of one, matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(offered, key)
+    if not matched:
+        raise Unauthorized("missing or wrong API key")
+
+
 def ready_pipeline(service: Annotated[Service, Depends(get_service)]) -> PosePipeline:
     reason = service.readiness()
     if reason is not None or service.pipeline is None:
@@ -109,6 +149,7 @@ def ready_pipeline(service: Annotated[Service, Depends(get_service)]) -> PosePip
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+KEYED = [Depends(require_api_key)]
 PipelineDep = Annotated[PosePipeline, Depends(ready_pipeline)]
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -151,6 +192,8 @@ POSE_BODY = {
 
 def error_response(error: ServiceError, retry_after: int = 1) -> JSONResponse:
     headers = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, Overloaded | NotReady):
         headers["Retry-After"] = str(getattr(error, "retry_after", retry_after))
     return JSONResponse(
@@ -175,11 +218,20 @@ async def estimate(
 def create_app(settings: Settings | None = None) -> FastAPI:
     service = Service(settings or Settings())
 
+    settings = service.settings
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(service.load)
+        if settings.metrics_port is not None:
+            # Its own listener: scrapable without exposing it alongside the API (and no key).
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, settings.host, service.metrics.exposition_registry
+            )
         yield
-        await asyncio.to_thread(service.drain)
+        await asyncio.to_thread(service.stop)
+        if settings.metrics_port is not None:
+            metrics_server.shutdown()
 
     app = FastAPI(
         title="dipr",
@@ -216,6 +268,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/pose",
+        dependencies=KEYED,
         response_model=PoseResponse,
         response_model_exclude_none=True,
         responses=ERROR_RESPONSES,
@@ -264,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/pose/render",
+        dependencies=KEYED,
         response_class=Response,
         openapi_extra=POSE_BODY,
         responses={
@@ -295,7 +349,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": str(service.settings.retry_after_s)},
         )
 
-    @app.get("/v1/model", response_model=ModelDetails, responses={503: {"model": ErrorResponse}})
+    @app.get(
+        "/v1/model",
+        dependencies=KEYED,
+        response_model=ModelDetails,
+        responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    )
     async def model(service: ServiceDep) -> ModelDetails:
         backend = service.backend
         if backend is None:
@@ -312,18 +371,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metadata=info.metadata,
         )
 
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus"}},
-    )
-    async def metrics(service: ServiceDep) -> Response:
-        body, content_type = service.metrics.exposition()
-        return Response(body, media_type=content_type)
+    if settings.metrics_port is None:
 
-    # The last added is outermost: metrics also see what the byte limit refuses.
-    app.add_middleware(RequestLimits, max_bytes=service.settings.max_request_bytes)
+        @app.get(
+            "/metrics",
+            dependencies=KEYED,
+            response_class=Response,
+            responses={
+                200: {"content": {"text/plain": {}}, "description": "Prometheus"},
+                401: {"model": ErrorResponse},
+            },
+        )
+        async def metrics(service: ServiceDep) -> Response:
+            body, content_type = service.metrics.exposition()
+            return Response(body, media_type=content_type)
+
+    # The last added is outermost: metrics and request ids also see what the limit refuses.
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
     app.add_middleware(RequestMetrics, metrics=service.metrics)
+    app.add_middleware(RequestIds)
     return app
 
 
@@ -387,3 +460,50 @@ class RequestLimits:
             return message
 
         await self.app(scope, counted, send)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+access_log = logging.getLogger("dipr.access")
+
+
+class RequestIds:
+    """Gives every request an id (the client's X-Request-ID if sane, else a new one), returns it
+    as a header, tags the request's log lines with it, and writes one access log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": client[0] if client else None,
+                    }
+                },
+            )
+            request_id.reset(token)

@@ -38,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from dipr.service.logs import logging_config
     from dipr.service.settings import Settings
 
     for flag, variable in FLAG_VARIABLES.items():
@@ -46,14 +47,26 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Must be set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dipr-metrics-")
-    settings = Settings()  # validates the configuration before any worker starts
-    uvicorn.run(
-        "dipr.service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
+    settings = Settings()  # validates the configuration before anything starts
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": args.log_level,
+        "log_config": logging_config(settings.log_format, args.log_level),
+        "access_log": False,  # dipr writes its own, with request ids
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+    }
+    if args.workers > 1:
+        # uvicorn's supervisor runs the workers: plain shutdown, no drain delay.
+        uvicorn.run("dipr.service.app:create_app", factory=True, workers=args.workers, **common)
+        return 0
+
+    from dipr.service.app import create_app
+    from dipr.service.server import DrainingServer
+
+    app = create_app(settings)
+    server = DrainingServer(
+        uvicorn.Config(app, **common), app.state.service.begin_drain, settings.drain_delay_s
     )
+    server.run()
     return 0

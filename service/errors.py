@@ -82,3 +82,10 @@ class MalformedRequest(ServiceError):
 
     status = 400
     code = "malformed_request"
+
+
+class Unauthorized(ServiceError):
+    """An API key is required and none, or a wrong one, was sent."""
+
+    status = 401
+    code = "unauthorized"

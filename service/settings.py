@@ -1,10 +1,10 @@
 """The service's configuration: one typed object, read once at start-up from DIPR_* variables."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
 MiB = 1024 * 1024
@@ -47,6 +47,50 @@ class Settings(BaseSettings):
     failure_threshold: int = Field(
         3, ge=1, description="consecutive failed batches after which readiness goes down"
     )
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated API keys; when any is set (here or in the file), /pose, "
+        "/pose/render, /v1/model and a /metrics on the main port need `Authorization: Bearer "
+        "KEY` or `X-API-Key: KEY` (401 otherwise)",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line (e.g. a mounted secret)"
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port instead, open and apart from the API",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS (off if empty)"
+    )
+    drain_delay_s: float = Field(
+        1.0,
+        ge=0,
+        description="on SIGTERM, how long readiness says 503 before the listener "
+        "closes, so load balancers stop sending",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="log lines as JSON or text")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def all_api_keys(self) -> list[bytes]:
+        """The keys from the variable and the file, as bytes for constant-time comparison."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [line.strip() for line in lines if line.strip()]
+        return [key.encode() for key in keys]
 
     @model_validator(mode="after")
     def _boxes_fit_the_queue(self) -> "Settings":
