@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: test lint serve model weights eval eval-sweep clean
+.PHONY: test lint serve bench model weights eval eval-sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,17 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[export,eval,dev]'
+	$(BIN)/pip install -q -e '.[export,eval,train,bench,dev]'
 	touch $@ $(SERVE_STAMP)
 
 # Serves the committed default model; the serving install has no torch.
 serve: $(SERVE_STAMP)
 	$(BIN)/dipr serve
+
+# The service against ONNX Runtime alone and a naive baseline (needs hey: Debian package hey).
+bench: $(DEV_STAMP)
+	command -v hey >/dev/null || apt-get install -y -qq hey
+	$(BIN)/dipr bench --out bench-results
 
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -92,6 +92,7 @@ class Service:
         self.backend = backend
         info = backend.info
         self.metrics.model_info.labels(info.name, info.version, backend.provider).set(1)
+        self.metrics.queue_capacity.set(s.max_queue)
         self.not_ready_reason = None
         log.info("ready: %s %s on %s", info.name, info.version, backend.provider)
 
@@ -155,6 +156,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "undecodable image or malformed body",
+        401: "missing or wrong API key (when API keys are configured)",
         413: "too many bytes, pixels, images or boxes",
         415: "unsupported content or image type",
         422: "bad boxes or parameters",

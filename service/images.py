@@ -74,6 +74,8 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    if fmt == "png":
+        _check_png_chunks(data)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:  # e.g. OpenCV's own size limits
@@ -137,6 +139,19 @@ def _png_size(data: bytes) -> tuple[int, int]:
     if kind != b"IHDR" or length != 13:
         raise UndecodableImage("PNG: the first chunk is not IHDR")
     return width, height
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """OpenCV's PNG reader allocates what a chunk's length field declares before it reads the
+    chunk: a 600-byte file declaring a 2 GB chunk would cost 2 GB. Refuse chunks past the end."""
+    pos = 8  # after the signature
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if length > len(data) - pos - 12:  # 12: length, type and CRC fields
+            raise UndecodableImage(f"PNG: the {kind!r} chunk at byte {pos} runs past the end")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

@@ -77,6 +77,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.queue_capacity = Gauge(
+            "dipr_queue_capacity",
+            "Crops the queue holds before requests get 503 (DIPR_MAX_QUEUE)",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.persons = Counter("dipr_persons", "Person crops estimated", registry=r)
         self.images = Counter("dipr_images", "Images estimated", registry=r)
         self.rejected = Counter(

@@ -62,6 +62,12 @@ def validate_box(box: Box, width: int, height: int) -> None:
         raise InvalidRequest(f"box {list(box)} has no area: need x2 > x1 and y2 > y1")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise InvalidRequest(f"box {list(box)} lies outside the {width}×{height} image")
+    # Beyond any real person box, and where the crop's arithmetic overflows to inf or NaN.
+    reach = 16 * max(width, height)
+    if min(x1, y1) < -reach or max(x2, y2) > reach or min(x2 - x1, y2 - y1) < 1e-3:
+        raise InvalidRequest(
+            f"box {list(box)} is too large or too small for the {width}×{height} image"
+        )
 
 
 class PosePipeline:

@@ -11,6 +11,12 @@ LIMB_COLOUR = (0, 255, 120)
 JOINT_COLOUR = (255, 40, 40)
 
 
+def drawable(coordinates: np.ndarray) -> np.ndarray:
+    """Pixel coordinates as the C ints cv2 takes: far-off (or NaN) ones clipped off the canvas."""
+    limit = 1 << 30
+    return np.clip(np.nan_to_num(np.round(coordinates), nan=-limit), -limit, limit).astype(int)
+
+
 def render_jpeg(
     poses: ImagePoses, skeleton: tuple[tuple[int, int], ...], quality: int = 90
 ) -> bytes:
@@ -20,9 +26,9 @@ def render_jpeg(
     # Line widths follow the image size so drawings stay visible on large photos.
     thickness = max(1, round(max(poses.width, poses.height) / 300))
     for person in poses.persons:
-        x1, y1, x2, y2 = (round(v) for v in person.box)
+        x1, y1, x2, y2 = drawable(np.array(person.box)).tolist()
         cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_COLOUR, thickness)
-        points = np.round(person.keypoints).astype(int)
+        points = drawable(person.keypoints)
         visible = person.scores >= VISIBLE
         for a, b in skeleton:
             if visible[a] and visible[b]:

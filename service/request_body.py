@@ -60,9 +60,11 @@ def parse_boxes(text: str | None, image_count: int, max_boxes: int) -> list[list
     if text is None or not text.strip():
         return [None] * image_count
     try:
-        value: Any = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"boxes is not valid JSON: {error}") from None
+        # Numbers as floats: a 5000-digit integer would exceed int()'s digit limit, and one beyond
+        # the float range would overflow in float(); as floats they are inf, refused below.
+        value: Any = json.loads(text, parse_int=float)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError; nesting too deep to parse
+        raise InvalidRequest(f"boxes is not valid JSON: {error}"[:300]) from None
     if not isinstance(value, list) or len(value) != image_count:
         raise InvalidRequest(
             f"boxes must be a JSON list with one list of boxes per image ({image_count})"

@@ -2,11 +2,8 @@
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from service_process import service_process
 from serving import free_port, running_service
 
 from dipr.export import contract
@@ -233,43 +231,27 @@ def test_a_slow_client_does_not_block_others() -> None:
 
 
 def test_sigterm_drains_finishes_accepted_requests_and_exits(tmp_path: Path) -> None:
-    port = free_port()
     grace = 10.0
-    env = {
-        **os.environ,
-        "DIPR_DRAIN_DELAY_S": "1.0",
-        "DIPR_SHUTDOWN_GRACE_S": str(grace),
-        "DIPR_LOG_FORMAT": "json",
-    }
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "dipr.cli", "serve", "--port", str(port)],
-            env=env,
-            stderr=log,
-            stdout=log,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with service_process(
+        log_path,
+        ("--log-level", "info"),
+        drain_delay_s=1.0,
+        shutdown_grace_s=grace,
+        log_format="json",
+    ) as service:
         image = small_photo()
         outcomes: list[str] = []
         sigterm_at: list[float] = []
-        completed_after_sigterm = 0
 
         def client() -> None:
-            nonlocal completed_after_sigterm
             # No keep-alive: each request is its own connection, as a load balancer's would be.
             with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as c:
                 for _ in range(400):
                     try:
-                        r = c.post(f"{url}/pose", files=[("image", ("x.png", image, "image/png"))])
+                        r = c.post(
+                            f"{service.url}/pose", files=[("image", ("x.png", image, "image/png"))]
+                        )
                     except httpx.ConnectError:
                         outcomes.append("refused")  # never accepted: the listener is closed
                         return
@@ -277,8 +259,6 @@ def test_sigterm_drains_finishes_accepted_requests_and_exits(tmp_path: Path) -> 
                         outcomes.append(f"dropped: {error!r}")
                         return
                     outcomes.append(str(r.status_code))
-                    if r.status_code == 200 and sigterm_at:
-                        completed_after_sigterm += 1
                     if r.status_code == 503:  # draining: a balancer would go elsewhere now
                         return
 
@@ -287,17 +267,14 @@ def test_sigterm_drains_finishes_accepted_requests_and_exits(tmp_path: Path) -> 
             t.start()
         time.sleep(1.5)
         sigterm_at.append(time.monotonic())
-        server.send_signal(signal.SIGTERM)
-        ready = httpx.get(f"{url}/health/ready", timeout=5)
+        service.server.send_signal(signal.SIGTERM)
+        ready = httpx.get(f"{service.url}/health/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
         assert time.monotonic() - sigterm_at[0] < 0.5  # at once
         for t in threads:
             t.join(60)
-        code = server.wait(grace + 5)
+        code = service.server.wait(grace + 5)
         exited_after = time.monotonic() - sigterm_at[0]
-    finally:
-        if server.poll() is None:
-            server.kill()
     # uvicorn re-raises the captured SIGTERM once its shutdown is complete.
     assert code in (0, -signal.SIGTERM)
     assert exited_after < 1.0 + grace
@@ -356,28 +333,13 @@ def test_a_right_api_key_is_let_in_and_health_stays_open(
     assert httpx.get(f"{keyed_url}/health/live").status_code == 200
 
 
-def test_api_keys_are_never_logged(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    port = free_port()
-    env = {**os.environ, "DIPR_API_KEYS": "very-secret-key"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dipr.cli", "serve", "--port", str(port), "--log-level", "debug"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert pose(url, small_photo(), headers={"X-API-Key": "very-secret-key"}).status_code == 200
-        assert pose(url, small_photo(), headers={"X-API-Key": "very-secret-kez"}).status_code == 401
-    finally:
-        server.terminate()
-        logs = server.communicate(timeout=30)[1]
+def test_api_keys_are_never_logged(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    with service_process(log_path, ("--log-level", "debug"), api_keys="very-secret-key") as service:
+        right, wrong = {"X-API-Key": "very-secret-key"}, {"X-API-Key": "very-secret-kez"}
+        assert pose(service.url, small_photo(), headers=right).status_code == 200
+        assert pose(service.url, small_photo(), headers=wrong).status_code == 401
+    logs = log_path.read_text()
     assert "dipr.access" in logs
     assert "very-secret" not in logs
 

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from service_process import service_process
 from serving import running_service
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
@@ -401,50 +401,22 @@ def test_the_serving_path_never_imports_torch() -> None:
 
 def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
     """`dipr serve --workers 2`: /metrics (served by either worker) counts both workers' work."""
-    from serving import free_port
-
-    port = free_port()
-    environment = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-        "DIPR_INTRA_OP_THREADS": "1",
-        "DIPR_MAX_BATCH_SIZE": "2",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dipr.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        env=environment,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    with service_process(
+        tmp_path / "server.log",
+        ("--workers", "2", "--log-level", "warning"),
+        environment={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        intra_op_threads=1,
+        max_batch_size=2,
+    ) as service:
         image = png(cv2.resize(photo(), (128, 128)))
         for _ in range(12):  # separate connections: the kernel spreads them over the workers
-            assert post(url, [("a.png", image)]).status_code == 200
-        text = httpx.get(f"{url}/metrics").text
-        assert metric_value(text, "dipr_images_total") == 12
-        pids = {p.name for p in tmp_path.glob("*.db")}
-        assert len({name.rsplit("_", 1)[-1] for name in pids}) >= 2  # both workers wrote
-    finally:
-        server.terminate()
-        server.wait(30)
+            assert post(service.url, [("a.png", image)]).status_code == 200
+        text = httpx.get(f"{service.url}/metrics").text
+    assert metric_value(text, "dipr_images_total") == 12
+    pids = {p.name.rsplit("_", 1)[-1] for p in metrics_dir.glob("*.db")}
+    assert len(pids) >= 2  # both workers wrote their own files
 
 
 def test_a_streamed_body_over_the_limit_is_413(url: str) -> None:

@@ -1,4 +1,5 @@
-"""Load the committed MoveNet weights (made by `dipr.models.movenet.importer`)."""
+"""Load the committed MoveNet weights (made by `dipr.models.movenet.importer`), other weights in
+that layout, or a `dipr train` fine-tuning checkpoint."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from dipr.models.checkpoints import is_train_checkpoint, read_train_checkpoint
 from dipr.models.movenet.network import MoveNet
 from dipr.models.movenet.variants import VARIANTS
 
@@ -34,6 +36,14 @@ def load_movenet(variant: str, path: Path | None = None) -> MoveNet:
             "`python -m dipr.models.movenet.importer`"
         )
     model = MoveNet(VARIANTS[variant])
-    state = {k: v.to(torch.float32) for k, v in load_file(path).items()}
+    if is_train_checkpoint(path):
+        checkpoint = read_train_checkpoint(path, with_optimizer=False)
+        arch = checkpoint.config.get("arch")
+        if arch != VARIANTS[variant].name:
+            raise ValueError(f"{path} was trained as {arch}, not {VARIANTS[variant].name}")
+        tensors = checkpoint.model
+    else:
+        tensors = load_file(path)
+    state = {k: v.to(torch.float32) for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
     return model.eval()

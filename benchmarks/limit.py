@@ -1,0 +1,65 @@
+"""The hardware limit: the model alone in ONNX Runtime, with the service's own session settings,
+and the per-image cost of the CPU work around it (decode, warp)."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dipr.service.backend import OnnxBackend
+from dipr.service.crops import crop_for_box, warp
+from dipr.service.images import decode_image
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    batch_size: int
+    images_per_s: float
+    p50_ms: float  # per batch
+    p95_ms: float
+    p99_ms: float
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(np.array(samples_s) * 1000, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def measure_limit(
+    backend: OnnxBackend, batch_sizes: list[int], seconds: float, image: np.ndarray
+) -> list[LimitResult]:
+    """Closed-loop `backend.infer` on copies of one real crop, `seconds` per batch size."""
+    results = []
+    for size in batch_sizes:
+        batch = np.repeat(image[None], size, axis=0)
+        backend.infer(batch)  # warm
+        times: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 3:
+            started = time.perf_counter()
+            backend.infer(batch)
+            times.append(time.perf_counter() - started)
+        p50, p95, p99 = percentiles(times)
+        results.append(LimitResult(size, size * len(times) / sum(times), p50, p95, p99))
+    return results
+
+
+def measure_preprocess(photo: Path, input_size: tuple[int, int], repeats: int = 50) -> float:
+    """Median ms to decode the photo and warp it to the model input, as the service does."""
+    data = photo.read_bytes()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        rgb = decode_image(data, "image/jpeg", 10**9)
+        height, width = rgb.shape[:2]
+        warp(rgb, crop_for_box((0, 0, width, height), input_size, 1.0), input_size)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def model_input(photo: Path, input_size: tuple[int, int]) -> np.ndarray:
+    rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    height, width = rgb.shape[:2]
+    return warp(rgb, crop_for_box((0, 0, width, height), input_size, 1.0), input_size)

@@ -1,0 +1,101 @@
+"""Closed-loop HTTP load with `hey` (Debian package hey): c workers, each sending its next request
+as soon as the last one is answered, for a fixed time. Per-request times come back as CSV, so the
+percentiles are computed here from every request."""
+
+import csv
+import io
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    target: str
+    concurrency: int
+    crops_per_request: int  # person boxes per request (one image each)
+    requests: int
+    errors: int
+    requests_per_s: float  # = images/s: one image per request
+    crops_per_s: float  # what the model ran: comparable with the limit's images/s
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def multipart_body(photo: Path, boxes: str | None, folder: Path) -> tuple[Path, str]:
+    """A multipart/form-data body with the photo in `image` (and `boxes`), and its content type."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="{photo.name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + photo.read_bytes()
+        + b"\r\n"
+    ]
+    if boxes is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n'
+            f"{boxes}\r\n".encode()
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    path = folder / f"body-{boundary}.bin"
+    path.write_bytes(body)
+    return path, f"multipart/form-data; boundary={boundary}"
+
+
+def run_hey(
+    url: str,
+    body: Path,
+    content_type: str,
+    concurrency: int,
+    seconds: float,
+    target: str,
+    crops_per_request: int,
+    hey_cpus: int = 1,
+) -> LoadResult:
+    command = [
+        "hey",
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(concurrency),
+        "-m",
+        "POST",
+        "-D",
+        str(body),
+        "-T",
+        content_type,
+        "-t",
+        "60",
+        "-cpus",
+        str(hey_cpus),
+        "-o",
+        "csv",
+        url,
+    ]
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=seconds + 120
+    ).stdout
+    rows = list(csv.DictReader(io.StringIO(output)))
+    ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
+    errors = len(rows) - len(ok)
+    if not ok:
+        raise RuntimeError(f"{target} c={concurrency}: no successful request ({errors} errors)")
+    # hey's offsets are send times from the start: the span covers the whole run.
+    span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
+    p50, p95, p99 = (float(v) for v in np.percentile(np.array(ok) * 1000, [50, 95, 99]))
+    return LoadResult(
+        target,
+        concurrency,
+        crops_per_request,
+        len(rows),
+        errors,
+        len(ok) / span,
+        len(ok) * crops_per_request / span,
+        p50,
+        p95,
+        p99,
+    )

@@ -1,0 +1,70 @@
+"""The benchmark's Markdown table and latency-against-throughput plot."""
+
+from pathlib import Path
+
+from dipr.benchmarks.run import BenchReport
+
+
+def markdown(report: BenchReport) -> str:
+    lines = [
+        f"Benchmark {report.date} on {report.machine}; model `{Path(report.model).name}`, photo "
+        f"`{report.photo}`; decode + warp {report.preprocess_ms:.2f} ms/image.",
+        "",
+        "| what | batch / concurrency | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report.limit:
+        lines.append(
+            f"| limit (ORT alone) | batch {r.batch_size} | | {r.images_per_s:.1f} | "
+            f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} |"
+        )
+    for r in [*report.service, *report.naive]:
+        what = r.target + (f", {r.crops_per_request} boxes" if r.crops_per_request > 1 else "")
+        errors = f" ({r.errors} errors)" if r.errors else ""
+        lines.append(
+            f"| {what}{errors} | c={r.concurrency} | {r.requests_per_s:.1f} | "
+            f"{r.crops_per_s:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} |"
+        )
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in report.ratios.items()]
+    lines.append("")
+    lines.append("images/s counts model inputs (person crops): with 4 boxes a request is 4.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: BenchReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.plot(
+        [r.images_per_s for r in report.limit],
+        [r.p50_ms for r in report.limit],
+        "k.--",
+        label="limit: ORT alone (p50 per batch)",
+    )
+    for r in report.limit:
+        axis.annotate(f"b{r.batch_size}", (r.images_per_s, r.p50_ms), fontsize=7)
+    for series, style in ((report.service, "o-"), (report.naive, "s-")):
+        single = [r for r in series if r.crops_per_request == 1]
+        if not single:
+            continue
+        axis.plot(
+            [r.crops_per_s for r in single],
+            [r.p99_ms for r in single],
+            style,
+            label=f"{single[0].target} (p99)",
+        )
+        for r in single:
+            axis.annotate(f"c{r.concurrency}", (r.crops_per_s, r.p99_ms), fontsize=7)
+    axis.set_xlabel("throughput, images/s")
+    axis.set_ylabel("latency, ms")
+    axis.set_yscale("log")
+    axis.set_title(f"dipr on {report.machine[:60]}", fontsize=9)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

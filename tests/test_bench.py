@@ -1,0 +1,35 @@
+"""`dipr bench --quick`: the whole benchmark pipeline runs and reports consistent figures.
+(A smoke run: speed goals are judged by `make bench`, not by tests.)"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dipr.cli import main as dipr
+
+
+@pytest.mark.skipif(shutil.which("hey") is None, reason="hey (Debian package) is not installed")
+def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
+    assert dipr(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["batch_size"] for r in report["limit"]] == [1, 4]
+    assert {(r["concurrency"], r["crops_per_request"]) for r in report["service"]} == {
+        (1, 1),
+        (8, 1),
+        (8, 4),
+    }
+    assert {r["concurrency"] for r in report["naive"]} == {1, 8}
+    for result in report["service"] + report["naive"]:
+        assert result["errors"] == 0 and result["requests"] > 0
+        assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
+    for result in report["limit"]:
+        assert result["images_per_s"] > 0
+    best = max(r["images_per_s"] for r in report["limit"])
+    service_best = max(r["crops_per_s"] for r in report["service"])
+    ratio = report["ratios"]["service_best_images_per_s_over_limit_best"]
+    assert ratio == pytest.approx(service_best / best)
+    assert "| limit (ORT alone) | batch 1 |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("body-*.bin"))
