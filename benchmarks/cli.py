@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         config.batch_sizes, config.concurrencies = [1, 4], [1, 8]
         config.boxes_concurrency, config.limit_seconds, config.load_seconds = 8, 1.0, 2.0
+        config.rounds = 1
     report = run_bench(config)
     (args.out / "bench.json").write_text(report_json(report))
     table = markdown(report)

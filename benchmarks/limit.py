@@ -27,23 +27,21 @@ def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
     return float(p50), float(p95), float(p99)
 
 
-def measure_limit(
-    backend: OnnxBackend, batch_sizes: list[int], seconds: float, image: np.ndarray
-) -> list[LimitResult]:
-    """Closed-loop `backend.infer` on copies of one real crop, `seconds` per batch size."""
-    results = []
-    for size in batch_sizes:
-        batch = np.repeat(image[None], size, axis=0)
-        backend.infer(batch)  # warm
-        times: list[float] = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(times) < 3:
-            started = time.perf_counter()
-            backend.infer(batch)
-            times.append(time.perf_counter() - started)
-        p50, p95, p99 = percentiles(times)
-        results.append(LimitResult(size, size * len(times) / sum(times), p50, p95, p99))
-    return results
+def time_batches(backend: OnnxBackend, batch: np.ndarray, seconds: float) -> list[float]:
+    """Seconds per `backend.infer(batch)`, closed loop, for about `seconds` (at least 3 runs)."""
+    backend.infer(batch)  # warm
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        started = time.perf_counter()
+        backend.infer(batch)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def limit_result(batch_size: int, times: list[float]) -> LimitResult:
+    p50, p95, p99 = percentiles(times)
+    return LimitResult(batch_size, batch_size * len(times) / sum(times), p50, p95, p99)
 
 
 def measure_preprocess(photo: Path, input_size: tuple[int, int], repeats: int = 50) -> float:

@@ -6,7 +6,7 @@ import csv
 import io
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +46,45 @@ def multipart_body(photo: Path, boxes: str | None, folder: Path) -> tuple[Path, 
     return path, f"multipart/form-data; boundary={boundary}"
 
 
+@dataclass
+class LoadSamples:
+    """What one or more runs at one load point measured, pooled."""
+
+    latencies_s: list[float] = field(default_factory=list)  # successful requests
+    errors: int = 0
+    seconds: float = 0.0  # time under load, summed over runs
+
+    def summary(self, target: str, concurrency: int, crops_per_request: int) -> LoadResult:
+        if not self.latencies_s:
+            raise RuntimeError(f"{target} c={concurrency}: no successful request")
+        ok = len(self.latencies_s)
+        p50, p95, p99 = (
+            float(v) for v in np.percentile(np.array(self.latencies_s) * 1000, [50, 95, 99])
+        )
+        return LoadResult(
+            target,
+            concurrency,
+            crops_per_request,
+            ok + self.errors,
+            self.errors,
+            ok / self.seconds,
+            ok * crops_per_request / self.seconds,
+            p50,
+            p95,
+            p99,
+        )
+
+
 def run_hey(
     url: str,
     body: Path,
     content_type: str,
     concurrency: int,
     seconds: float,
-    target: str,
-    crops_per_request: int,
+    into: LoadSamples,
     hey_cpus: int = 1,
-) -> LoadResult:
+) -> None:
+    """One closed-loop run; its samples are added to `into`."""
     command = [
         "hey",
         "-z",
@@ -80,22 +109,9 @@ def run_hey(
         command, check=True, capture_output=True, text=True, timeout=seconds + 120
     ).stdout
     rows = list(csv.DictReader(io.StringIO(output)))
-    ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
-    errors = len(rows) - len(ok)
-    if not ok:
-        raise RuntimeError(f"{target} c={concurrency}: no successful request ({errors} errors)")
+    into.latencies_s += [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
+    into.errors += sum(r["status-code"] != "200" for r in rows)
     # hey's offsets are send times from the start: the span covers the whole run.
-    span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
-    p50, p95, p99 = (float(v) for v in np.percentile(np.array(ok) * 1000, [50, 95, 99]))
-    return LoadResult(
-        target,
-        concurrency,
-        crops_per_request,
-        len(rows),
-        errors,
-        len(ok) / span,
-        len(ok) * crops_per_request / span,
-        p50,
-        p95,
-        p99,
+    into.seconds += max(
+        (float(r["offset"]) + float(r["response-time"]) for r in rows), default=seconds
     )

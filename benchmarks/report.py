@@ -8,7 +8,8 @@ from dipr.benchmarks.run import BenchReport
 def markdown(report: BenchReport) -> str:
     lines = [
         f"Benchmark {report.date} on {report.machine}; model `{Path(report.model).name}`, photo "
-        f"`{report.photo}`; decode + warp {report.preprocess_ms:.2f} ms/image.",
+        f"`{report.photo}`; decode + warp {report.preprocess_ms:.2f} ms/image; each point pooled "
+        f"from {report.rounds} interleaved rounds.",
         "",
         "| what | batch / concurrency | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import cv2
 import httpx
+import numpy as np
 
-from dipr.benchmarks.limit import LimitResult, measure_limit, measure_preprocess, model_input
-from dipr.benchmarks.load import LoadResult, multipart_body, run_hey
+from dipr.benchmarks.limit import (
+    LimitResult,
+    limit_result,
+    measure_preprocess,
+    model_input,
+    time_batches,
+)
+from dipr.benchmarks.load import LoadResult, LoadSamples, multipart_body, run_hey
 from dipr.service.backend import OnnxBackend
 from dipr.service.settings import Settings
 
@@ -28,8 +35,9 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     concurrencies: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     boxes_concurrency: int = 32
-    limit_seconds: float = 4.0
-    load_seconds: float = 10.0
+    limit_seconds: float = 6.0  # per batch size, all rounds together
+    load_seconds: float = 12.0  # per load point, all rounds together
+    rounds: int = 3
     service_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -40,6 +48,7 @@ class BenchReport:
     model: str
     photo: str
     preprocess_ms: float
+    rounds: int
     limit: list[LimitResult]
     service: list[LoadResult]
     naive: list[LoadResult]
@@ -97,27 +106,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def load_series(url: str, config: BenchConfig, target: str) -> list[LoadResult]:
-    body, content_type = multipart_body(config.photo, None, config.out_dir)
-    # A short warm-up so that no series pays for first-request costs.
-    run_hey(url, body, content_type, 2, 1.0, target, 1)
-    return [
-        run_hey(url, body, content_type, c, config.load_seconds, target, 1)
-        for c in config.concurrencies
-    ]
-
-
 def run_bench(config: BenchConfig) -> BenchReport:
+    """Every point is measured in `rounds` short slices, interleaved (limit, service, naive, then
+    again), and the slices are pooled: a slow spell of a shared machine then touches all three
+    alike instead of biasing whichever stage it fell on."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(model_path=config.model, provider="cpu")
-    backend = OnnxBackend(config.model, "cpu", intra_op_threads=settings.intra_op_threads)
+    backend = OnnxBackend(config.model, "cpu", intra_op_threads=Settings().intra_op_threads)
     size = backend.info.input_size
-    print(f"limit: ORT alone, batch {config.batch_sizes}", flush=True)
-    limit = measure_limit(
-        backend, config.batch_sizes, config.limit_seconds, model_input(config.photo, size)
-    )
+    crop = model_input(config.photo, size)
     preprocess = measure_preprocess(config.photo, size)
-    del backend  # its threads would compete with the servers
+    image = cv2.imread(str(config.photo))
+    height, width = image.shape[:2]
+    boxes = [[width * i / 4, 0.0, width * (i + 1) / 4, float(height)] for i in range(4)]
+    one, one_type = multipart_body(config.photo, None, config.out_dir)
+    four, four_type = multipart_body(config.photo, json.dumps([boxes]), config.out_dir)
 
     env = {
         "DIPR_MODEL_PATH": str(config.model),
@@ -126,58 +128,94 @@ def run_bench(config: BenchConfig) -> BenchReport:
         "DIPR_MAX_QUEUE": "1024",
         **config.service_env,
     }
-    port = free_port()
-    with ServerProcess(
-        [sys.executable, "-m", "dipr.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        port,
-        env,
-    ) as server:
+    service_port, naive_port = free_port(), free_port()
+    limit_times: dict[int, list[float]] = {b: [] for b in config.batch_sizes}
+    service = {c: LoadSamples() for c in config.concurrencies}
+    service_boxes = LoadSamples()
+    naive = {c: LoadSamples() for c in config.concurrencies}
+    with (
+        ServerProcess(
+            [
+                sys.executable,
+                "-m",
+                "dipr.cli",
+                "serve",
+                "--port",
+                str(service_port),
+                "--log-level",
+                "warning",
+            ],
+            service_port,
+            env,
+        ) as server,
+        ServerProcess(
+            [
+                sys.executable,
+                "-m",
+                "dipr.benchmarks.naive",
+                "--port",
+                str(naive_port),
+                "--model",
+                str(config.model),
+            ],
+            naive_port,
+            {},
+        ) as baseline,
+    ):
         server.wait_ready("/health/ready")
-        print("service: closed-loop load", config.concurrencies, flush=True)
-        service = load_series(f"{server.url}/pose", config, "service")
-        image = cv2.imread(str(config.photo))
-        height, width = image.shape[:2]
-        boxes = [[width * i / 4, 0.0, width * (i + 1) / 4, float(height)] for i in range(4)]
-        body, content_type = multipart_body(config.photo, json.dumps([boxes]), config.out_dir)
-        service.append(
+        baseline.wait_ready("/docs")
+        service_url, naive_url = f"{server.url}/pose", f"{baseline.url}/pose"
+        for url in (service_url, naive_url):  # first requests pay for lazy set-up: not counted
+            run_hey(url, one, one_type, 2, 1.0, LoadSamples())
+        limit_slice = config.limit_seconds / config.rounds
+        load_slice = config.load_seconds / config.rounds
+        for round_ in range(config.rounds):
+            print(f"round {round_ + 1}/{config.rounds}: limit, service, naive", flush=True)
+            for batch in config.batch_sizes:
+                limit_times[batch] += time_batches(
+                    backend, np.repeat(crop[None], batch, 0), limit_slice
+                )
+            for c in config.concurrencies:
+                run_hey(service_url, one, one_type, c, load_slice, service[c])
             run_hey(
-                f"{server.url}/pose",
-                body,
-                content_type,
-                config.boxes_concurrency,
-                config.load_seconds,
-                "service",
-                4,
+                service_url, four, four_type, config.boxes_concurrency, load_slice, service_boxes
             )
-        )
+            for c in config.concurrencies:
+                run_hey(naive_url, one, one_type, c, load_slice, naive[c])
 
-    port = free_port()
-    with ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "dipr.benchmarks.naive",
-            "--port",
-            str(port),
-            "--model",
-            str(config.model),
-        ],
-        port,
-        {},
-    ) as naive_server:
-        naive_server.wait_ready("/docs")
-        print("naive: closed-loop load", config.concurrencies, flush=True)
-        naive = load_series(f"{naive_server.url}/pose", config, "naive")
+    limit = [limit_result(b, times) for b, times in limit_times.items()]
+    service_results = [service[c].summary("service", c, 1) for c in config.concurrencies]
+    service_results.append(service_boxes.summary("service", config.boxes_concurrency, 4))
+    naive_results = [naive[c].summary("naive", c, 1) for c in config.concurrencies]
+    return BenchReport(
+        date=time.strftime("%Y-%m-%d"),
+        machine=machine_description(),
+        model=str(config.model),
+        photo=config.photo.name,
+        preprocess_ms=preprocess,
+        rounds=config.rounds,
+        limit=limit,
+        service=service_results,
+        naive=naive_results,
+        ratios=ratios(limit, service_results, naive_results, preprocess, config.concurrencies),
+    )
 
+
+def ratios(
+    limit: list[LimitResult],
+    service: list[LoadResult],
+    naive: list[LoadResult],
+    preprocess_ms: float,
+    concurrencies: list[int],
+) -> dict[str, float]:
     best_limit = max(r.images_per_s for r in limit)
     batch1 = next(r for r in limit if r.batch_size == 1)
 
     def at(series: list[LoadResult], concurrency: int) -> LoadResult:
         return next(r for r in series if r.concurrency == concurrency and r.crops_per_request == 1)
 
-    top = max(config.concurrencies)
-    mid = 32 if 32 in config.concurrencies else top
-    ratios = {
+    mid = 32 if 32 in concurrencies else max(concurrencies)
+    return {
         f"service_c{mid}_images_per_s_over_limit_best": at(service, mid).crops_per_s / best_limit,
         "service_best_images_per_s_over_limit_best": max(r.crops_per_s for r in service)
         / best_limit,
@@ -186,19 +224,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
         / at(naive, mid).crops_per_s,
         "service_c1_p50_minus_limit_b1_p50_minus_preprocess_ms": at(service, 1).p50_ms
         - batch1.p50_ms
-        - preprocess,
+        - preprocess_ms,
     }
-    return BenchReport(
-        date=time.strftime("%Y-%m-%d"),
-        machine=machine_description(),
-        model=str(config.model),
-        photo=config.photo.name,
-        preprocess_ms=preprocess,
-        limit=limit,
-        service=service,
-        naive=naive,
-        ratios=ratios,
-    )
 
 
 def report_json(report: BenchReport) -> str:

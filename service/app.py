@@ -86,6 +86,7 @@ class Service:
             s.batch_delay_ms / 1000,
             observer=self.metrics,
             retry_after_s=s.retry_after_s,
+            workers=s.inference_workers,
         )
         self.batcher.start()
         self.pipeline = PosePipeline(self.batcher, backend.info, s.max_image_pixels, s.box_padding)

@@ -84,9 +84,10 @@ class Batcher:
         max_delay_s: float = 0.0,
         observer: BatchObserver | None = None,
         retry_after_s: int = 1,
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
-            raise ValueError("max_batch_size and max_queue must be ≥ 1, max_delay_s ≥ 0")
+        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or workers < 1:
+            raise ValueError("max_batch_size, max_queue, workers must be ≥ 1, max_delay_s ≥ 0")
         self._infer = infer
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -96,7 +97,14 @@ class Batcher:
         self._queue: deque[tuple[_Job, int]] = deque()  # (job, crop index)
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="dipr-batcher", daemon=True)
+        # Several workers let one batch's inference overlap another's (on CPU, ONNX Runtime leaves
+        # cores idle in its less parallel operators); results of one request may then arrive
+        # from different threads, so scattering them takes a lock.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"dipr-batcher-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._scatter = threading.Lock()
         self.consecutive_failures = 0
 
     @property
@@ -104,14 +112,16 @@ class Batcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, finish what was accepted, then end the worker."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     async def submit(self, crops: np.ndarray, deadline: float) -> dict[str, np.ndarray]:
         """Run `crops` [n, H, W, 3]; returns each output with n rows, in crop order."""
@@ -184,11 +194,13 @@ class Batcher:
             return
         self.consecutive_failures = 0
         self._observer.batch_done(len(batch), waits, time.monotonic() - started)
-        for row, (job, index) in enumerate(batch):
-            for name, values in outputs.items():
-                if name not in job.outputs:
-                    job.outputs[name] = np.empty((len(job.crops), *values.shape[1:]), values.dtype)
-                job.outputs[name][index] = values[row]
-            job.remaining -= 1
-            if job.remaining == 0:
-                job.settle(result=job.outputs)
+        with self._scatter:
+            for row, (job, index) in enumerate(batch):
+                for name, values in outputs.items():
+                    if name not in job.outputs:
+                        shape = (len(job.crops), *values.shape[1:])
+                        job.outputs[name] = np.empty(shape, values.dtype)
+                    job.outputs[name][index] = values[row]
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.settle(result=job.outputs)

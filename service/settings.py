@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="how long a batch may wait to fill; "
         "0 takes what queued while the last batch ran (best on CPU)",
     )
+    inference_workers: int = Field(
+        1,
+        ge=1,
+        description="threads running batches at once; 2 can fill cores that ONNX "
+        "Runtime leaves idle on CPU (measure with make bench)",
+    )
     max_queue: int = Field(
         256, ge=1, description="most crops waiting; beyond it requests get 503 with Retry-After"
     )

@@ -59,9 +59,10 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-async def test_results_keep_crop_order_across_batches(recorder: Recorder) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_results_keep_crop_order_across_batches(recorder: Recorder, workers: int) -> None:
     infer, calls = echo_model(delay=0.01)
-    batcher = Batcher(infer, max_batch_size=4, max_queue=64, observer=recorder)
+    batcher = Batcher(infer, max_batch_size=4, max_queue=64, observer=recorder, workers=workers)
     batcher.start()
     requests = [list(range(10 * r, 10 * r + 7)) for r in range(5)]
     results = await asyncio.gather(*(batcher.submit(tagged(t), deadline()) for t in requests))
