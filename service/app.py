@@ -144,7 +144,9 @@ def require_api_key(
 
 
 def ready_pipeline(service: Annotated[Service, Depends(get_service)]) -> PosePipeline:
-    reason = service.readiness()
+    # Loading, draining or a refused GPU stop requests; a streak of failed batches does not:
+    # it only takes the replica out of rotation, and the next good batch ends the streak.
+    reason = service.not_ready_reason
     if reason is not None or service.pipeline is None:
         raise NotReady(f"not ready: {reason}")
     return service.pipeline
