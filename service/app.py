@@ -391,7 +391,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body, content_type = service.metrics.exposition()
             return Response(body, media_type=content_type)
 
-    # The last added is outermost: metrics and request ids also see what the limit refuses.
+    # The last added is outermost: the observer also sees what the limit refuses.
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -400,39 +400,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(RequestMetrics, metrics=service.metrics)
-    app.add_middleware(RequestIds)
+    app.add_middleware(RequestObserver, metrics=service.metrics)
     return app
-
-
-class RequestMetrics:
-    """Counts and times every request by its route template (pure ASGI, no body buffering)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            # Templates, not raw paths: unknown paths must not create new label values.
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.request_duration.labels(path).observe(time.perf_counter() - started)
 
 
 class RequestLimits:
@@ -471,12 +440,14 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("dipr.access")
 
 
-class RequestIds:
-    """Gives every request an id (the client's X-Request-ID if sane, else a new one), returns it
-    as a header, tags the request's log lines with it, and writes one access log line."""
+class RequestObserver:
+    """One pass over every request: gives it an id (the client's X-Request-ID if sane, else a new
+    one) returned as a header and carried by its log lines, counts and times it by route
+    template, and writes one access log line (pure ASGI, no body buffering)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -498,6 +469,11 @@ class RequestIds:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            # Templates, not raw paths: unknown paths must not create new label values.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.request_duration.labels(route).observe(seconds)
             client = scope.get("client")
             access_log.info(
                 "request",
@@ -506,7 +482,7 @@ class RequestIds:
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(seconds * 1000, 2),
                         "client": client[0] if client else None,
                     }
                 },
