@@ -113,7 +113,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     config.out_dir.mkdir(parents=True, exist_ok=True)
     backend = OnnxBackend(config.model, "cpu", intra_op_threads=Settings().intra_op_threads)
     size = backend.info.input_size
-    crop = model_input(config.photo, size)
+    crop = model_input(config.photo.read_bytes(), size)
     preprocess = measure_preprocess(config.photo, size)
     image = cv2.imread(str(config.photo))
     height, width = image.shape[:2]

@@ -30,13 +30,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
 from dipr.export import contract
 from dipr.models.regions import Region
-from dipr.service.crops import PADDING, Crop, crop_for_box, warp
+from dipr.service.crops import PADDING, Crop
+from dipr.service.errors import ServiceError
+from dipr.service.preprocess import prepare_image
 
 # Index coordinates (ours) → COCO continuous coordinates.
 INDEX_TO_COCO = 0.5
@@ -197,13 +198,6 @@ def _person(annotation: dict[str, Any]) -> Person:
     )
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise EvaluationError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 # --- model ---------------------------------------------------------------------------------------
 
 
@@ -264,14 +258,23 @@ def predict(
 
 
 def _crops(dataset: Dataset, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
-    """One crop and its network input per person, in order; each image decoded once (persons
-    are grouped by image)."""
-    image_id, image = None, np.empty(0)
-    for person in dataset.persons:
-        if person.image_id != image_id:
-            image_id, image = person.image_id, read_rgb(dataset.image_paths[person.image_id])
-        crop = crop_for_box(person.box_xyxy, input_size, padding=PADDING)
-        yield crop, warp(image, crop, input_size)
+    """One crop and its network input per person, in order, prepared exactly as the service
+    prepares an image with these boxes (persons are grouped by image: each is decoded once)."""
+    for image_id, group in itertools.groupby(dataset.persons, key=lambda p: p.image_id):
+        persons = list(group)
+        path = dataset.image_paths[image_id]
+        try:
+            prepared = prepare_image(
+                path.read_bytes(),
+                None,
+                [p.box_xyxy for p in persons],
+                input_size,
+                padding=PADDING,
+                max_pixels=2**40,
+            )
+        except ServiceError as error:
+            raise EvaluationError(f"{path}: {error.message}") from error
+        yield from zip(prepared.crops, prepared.inputs, strict=True)
 
 
 def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:

@@ -89,7 +89,9 @@ class Service:
             workers=s.inference_workers,
         )
         self.batcher.start()
-        self.pipeline = PosePipeline(self.batcher, backend.info, s.max_image_pixels, s.box_padding)
+        self.pipeline = PosePipeline(
+            self.batcher, backend.info, s.max_image_pixels, s.box_padding, s.reduced_decode
+        )
         self.backend = backend
         info = backend.info
         self.metrics.model_info.labels(info.name, info.version, backend.provider).set(1)
@@ -117,7 +119,9 @@ class Service:
         return None
 
 
-def get_service(request: Request) -> Service:
+# The dependencies are `async def`: FastAPI runs a plain `def` one in its thread pool, a thread
+# round trip per request for what is an attribute read.
+async def get_service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
@@ -125,7 +129,7 @@ _bearer = HTTPBearer(auto_error=False, description="an API key, when the service
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(
+async def require_api_key(
     service: Annotated[Service, Depends(get_service)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header_key: Annotated[str | None, Security(_api_key_header)],
@@ -143,7 +147,7 @@ def require_api_key(
         raise Unauthorized("missing or wrong API key")
 
 
-def ready_pipeline(service: Annotated[Service, Depends(get_service)]) -> PosePipeline:
+async def ready_pipeline(service: Annotated[Service, Depends(get_service)]) -> PosePipeline:
     # Loading, draining or a refused GPU stop requests; a streak of failed batches does not:
     # it only takes the replica out of rotation, and the next good batch ends the streak.
     reason = service.not_ready_reason

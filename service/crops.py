@@ -21,9 +21,23 @@ class Crop:
     matrix: np.ndarray
     inverse: np.ndarray
 
+    @property
+    def scale(self) -> float:
+        """Input pixels per image pixel."""
+        return float(self.matrix[0, 0])
+
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """[..., 2] input-pixel (x, y) → image pixels."""
         return points @ self.inverse[:, :2].T + self.inverse[:, 2]
+
+    def matrix_from_reduced(self, reduction: int) -> np.ndarray:
+        """The same mapping, from an image decoded at 1/reduction: its pixel r averages image
+        pixels [f·r, f·r + f), whose centre is f·r + (f − 1)/2."""
+        f = float(reduction)
+        linear = self.matrix[:, :2]
+        return np.hstack(
+            [linear * f, (linear @ np.full(2, (f - 1) / 2) + self.matrix[:, 2])[:, None]]
+        )
 
 
 def crop_for_box(
@@ -51,11 +65,14 @@ def crop_for_box(
     return Crop(matrix=matrix, inverse=cv2.invertAffineTransform(matrix))
 
 
-def warp(image: np.ndarray, crop: Crop, input_size: tuple[int, int]) -> np.ndarray:
-    """The network input for one crop: bilinear, zero outside the image."""
+def warp(
+    image: np.ndarray, crop: Crop, input_size: tuple[int, int], reduction: int = 1
+) -> np.ndarray:
+    """The network input for one crop: bilinear, zero outside the image. `image` may be the
+    picture decoded at 1/reduction of its size."""
     return cv2.warpAffine(
         image,
-        crop.matrix,
+        crop.matrix if reduction == 1 else crop.matrix_from_reduced(reduction),
         input_size,
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,

@@ -5,7 +5,8 @@ linked into OpenCV (TIFF, GIF, AVIF, JPEG 2000, ...) never see untrusted input. 
 declared size is read from its header by the small parsers below before any pixel is decoded: a
 tiny file declaring 100000 × 100000 pixels (a decompression bomb) is refused without allocating.
 
-Decoding is cv2.imdecode with IMREAD_COLOR, which applies the EXIF orientation and converts
+Decoding is cv2.imdecode with IMREAD_COLOR (or IMREAD_REDUCED_COLOR_2/4/8 for a JPEG whose crops
+need fewer pixels than it has), which applies the EXIF orientation and converts
 grayscale, palette, 16-bit (high byte), RGBA (alpha dropped) and CMYK sources to 8-bit BGR.
 Truncation, as observed with OpenCV 5.0: a JPEG or PNG cut off mid-file decodes to None, which
 becomes UndecodableImage; a JPEG whose scan ends early at an end-of-image marker decodes to the
@@ -14,6 +15,7 @@ OpenCV may log warnings about corrupt data to stderr; that is harmless.
 """
 
 import struct
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -53,8 +55,31 @@ def declared_size(data: bytes, fmt: str) -> tuple[int, int]:
     return parsers[fmt](data)
 
 
-def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
-    """Decode one image to a contiguous RGB uint8 array [H, W, 3].
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, checked before any pixel is decoded."""
+
+    format: str  # "jpeg", "png", "webp" or "bmp"
+    width: int  # as stored, before any EXIF orientation
+    height: int
+
+    def largest_reduction(self, at_most: float) -> int:
+        """The largest of 1, 2, 4, 8 that is ≤ `at_most` and that the decoder can apply exactly.
+
+        Only JPEG decodes at a reduced scale (libjpeg's scaled IDCT: cheaper than decoding every
+        pixel), and only when the factor divides both sides: decoded pixel (i, j) then averages
+        image pixels [f·i, f·i + f) exactly, whatever the EXIF orientation does to the axes.
+        """
+        if self.format != "jpeg":
+            return 1
+        for factor in (8, 4, 2):
+            if factor <= at_most and self.width % factor == 0 and self.height % factor == 0:
+                return factor
+        return 1
+
+
+def read_header(data: bytes, content_type: str | None, max_pixels: int) -> ImageHeader:
+    """Every check that needs no decoding: content type, format, declared size, pixel limit.
 
     The content type only gates: the bytes decide the format (clients mislabel freely).
     """
@@ -76,8 +101,27 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
         )
     if fmt == "png":
         _check_png_chunks(data)
+    return ImageHeader(fmt, width, height)
+
+
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def decode_pixels(data: bytes, header: ImageHeader, reduction: int = 1) -> np.ndarray:
+    """Decode to a contiguous RGB uint8 array [H / reduction, W / reduction, 3].
+
+    `reduction` must come from `header.largest_reduction` (1 for anything but JPEG).
+    """
+    fmt, width, height = header.format, header.width, header.height
+    if reduction != 1 and header.largest_reduction(reduction) != reduction:
+        raise ValueError(f"a {fmt} image of {width}x{height} cannot be decoded at 1/{reduction}")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[reduction])
     except cv2.error as error:  # e.g. OpenCV's own size limits
         raise UndecodableImage(f"the {fmt.upper()} decoder failed") from error
     if image is None:
@@ -89,12 +133,18 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
             f"unexpected decoded {fmt.upper()} image {image.dtype} {image.shape}"
         )
     # EXIF orientations 5..8 swap the axes, so either order matches the header.
-    if image.shape[:2] not in ((height, width), (width, height)):
+    expected = (height // reduction, width // reduction)
+    if image.shape[:2] not in (expected, expected[::-1]):
         raise UndecodableImage(
             f"the {fmt.upper()} header declares {width}x{height} but the data decodes to "
-            f"{image.shape[1]}x{image.shape[0]}"
+            f"{image.shape[1] * reduction}x{image.shape[0] * reduction}"
         )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # a new, contiguous array
+
+
+def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
+    """Check, then decode one image at full size to a contiguous RGB uint8 array [H, W, 3]."""
+    return decode_pixels(data, read_header(data, content_type, max_pixels))
 
 
 def _check_content_type(content_type: str | None) -> None:

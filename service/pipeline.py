@@ -4,7 +4,6 @@ Nothing here knows HTTP: requests arrive as bytes with their boxes, and leave as
 """
 
 import asyncio
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,11 +12,7 @@ import numpy as np
 from dipr.export import contract
 from dipr.service.backend import ModelInfo
 from dipr.service.batcher import Batcher
-from dipr.service.crops import Crop, crop_for_box, warp
-from dipr.service.errors import InvalidRequest
-from dipr.service.images import decode_image
-
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+from dipr.service.preprocess import Box, PreparedImage, prepare_image
 
 
 @dataclass(frozen=True)
@@ -44,60 +39,33 @@ class ImagePoses:
     pixels: np.ndarray | None = None  # the decoded RGB image, when asked for (rendering)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    width: int
-    height: int
-    boxes: list[Box]
-    crops: list[Crop]
-    inputs: np.ndarray  # [n, H, W, 3]
-    pixels: np.ndarray | None
-
-
-def validate_box(box: Box, width: int, height: int) -> None:
-    x1, y1, x2, y2 = box
-    if not all(math.isfinite(v) for v in box):
-        raise InvalidRequest(f"box {list(box)} has a non-finite coordinate")
-    if x2 <= x1 or y2 <= y1:
-        raise InvalidRequest(f"box {list(box)} has no area: need x2 > x1 and y2 > y1")
-    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-        raise InvalidRequest(f"box {list(box)} lies outside the {width}×{height} image")
-    # Beyond any real person box, and where the crop's arithmetic overflows to inf or NaN.
-    reach = 16 * max(width, height)
-    if min(x1, y1) < -reach or max(x2, y2) > reach or min(x2 - x1, y2 - y1) < 1e-3:
-        raise InvalidRequest(
-            f"box {list(box)} is too large or too small for the {width}×{height} image"
-        )
-
-
 class PosePipeline:
     def __init__(
-        self, batcher: Batcher, info: ModelInfo, max_image_pixels: int, box_padding: float
+        self,
+        batcher: Batcher,
+        info: ModelInfo,
+        max_image_pixels: int,
+        box_padding: float,
+        reduced_decode: bool = True,
     ) -> None:
         self._batcher = batcher
         self._info = info
         self._max_pixels = max_image_pixels
         self._padding = box_padding
+        self._reduced_decode = reduced_decode
 
-    def _prepare(self, image: ImageInput, keep_pixels: bool) -> _Prepared:
+    def _prepare(self, image: ImageInput, keep_pixels: bool) -> PreparedImage:
         """CPU work for one image (runs in a worker thread, off the event loop)."""
-        rgb = decode_image(image.data, image.content_type, self._max_pixels)
-        height, width = rgb.shape[:2]
-        if image.boxes is None:
-            # The whole frame, unpadded: it already is the region of interest.
-            boxes: list[Box] = [(0.0, 0.0, float(width), float(height))]
-            padding = 1.0
-        else:
-            boxes = [tuple(float(v) for v in box) for box in image.boxes]  # type: ignore[misc]
-            padding = self._padding
-        for box in boxes:
-            validate_box(box, width, height)
-        size = self._info.input_size
-        crops = [crop_for_box(box, size, padding) for box in boxes]
-        inputs = np.empty((len(crops), size[1], size[0], 3), np.uint8)
-        for i, crop in enumerate(crops):
-            inputs[i] = warp(rgb, crop, size)
-        return _Prepared(width, height, boxes, crops, inputs, rgb if keep_pixels else None)
+        return prepare_image(
+            image.data,
+            image.content_type,
+            image.boxes,
+            self._info.input_size,
+            padding=self._padding,
+            max_pixels=self._max_pixels,
+            keep_pixels=keep_pixels,
+            reduced_decode=self._reduced_decode,
+        )
 
     async def run(
         self, images: Sequence[ImageInput], deadline: float, keep_pixels: bool = False

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_images: int = Field(16, ge=1, description="most images in one request (413)")
     max_boxes: int = Field(64, ge=1, description="most person boxes in one request (413)")
     box_padding: float = Field(1.25, ge=1.0, description="box enlargement before cropping")
+    reduced_decode: bool = Field(
+        True,
+        description="decode a JPEG at 1/2, 1/4 or 1/8 of its size when every crop samples it "
+        "at least that coarsely (faster; false: always decode every pixel)",
+    )
     failure_threshold: int = Field(
         3, ge=1, description="consecutive failed batches after which readiness goes down"
     )

@@ -14,6 +14,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from jpeg_bytes import exif_app1, jpeg_segment
 
 from dipr.service import images
 from dipr.service.errors import (
@@ -90,23 +91,6 @@ def hand_png(
         + png_chunk(b"IDAT", zlib.compress(raw))
         + png_chunk(b"IEND", b"")
     )
-
-
-def jpeg_segment(marker: int, payload: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def exif_app1(orientation: int, big_endian: bool = True) -> bytes:
-    """APP1 'Exif' segment: a TIFF header and IFD0 holding one SHORT entry, Orientation (0x0112)."""
-    e = ">" if big_endian else "<"
-    tiff = (
-        (b"MM\x00\x2a" if big_endian else b"II\x2a\x00")
-        + struct.pack(e + "I", 8)
-        + struct.pack(e + "H", 1)
-        + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0)
-        + struct.pack(e + "I", 0)
-    )
-    return jpeg_segment(0xE1, b"Exif\x00\x00" + tiff)
 
 
 def sof_offset(jpeg: bytes) -> int:
