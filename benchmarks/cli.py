@@ -14,6 +14,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--photo", type=Path, default=REPO / "tests/fixtures/photos/astronaut.jpg")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument(
+        "--provider",
+        choices=["cpu", "cuda", "tensorrt"],
+        default="cpu",
+        help="ONNX Runtime provider for all three (cuda, tensorrt: IOBinding in the service and "
+        "the limit; the run fails rather than fall back)",
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="DIPR_NAME=VALUE",
+        help="a setting for the service under test (repeatable), e.g. DIPR_BATCH_DELAY_MS=2",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="short stages and fewer points (a smoke run, not figures)",
@@ -24,16 +38,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dipr.benchmarks.report import markdown, plot
     from dipr.benchmarks.run import BenchConfig, report_json, run_bench
+    from dipr.service.backend import ProviderUnavailable
 
     if shutil.which("hey") is None:
         print("dipr bench: error: needs `hey` (Debian package hey)", file=sys.stderr)
         return 1
-    config = BenchConfig(model=args.model, photo=args.photo, out_dir=args.out)
+    service_env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
+    if len(service_env) != len(args.service_env):
+        print("dipr bench: error: --service-env takes DIPR_NAME=VALUE", file=sys.stderr)
+        return 2
+    config = BenchConfig(
+        model=args.model,
+        photo=args.photo,
+        out_dir=args.out,
+        provider=args.provider,
+        service_env=service_env,
+    )
     if args.quick:
         config.batch_sizes, config.concurrencies = [1, 4], [1, 8]
         config.boxes_concurrency, config.limit_seconds, config.load_seconds = 8, 1.0, 2.0
         config.rounds = 1
-    report = run_bench(config)
+    try:
+        report = run_bench(config)
+    except ProviderUnavailable as error:  # e.g. --provider cuda on a machine without a GPU
+        print(f"dipr bench: error: {error}", file=sys.stderr)
+        return 1
     (args.out / "bench.json").write_text(report_json(report))
     table = markdown(report)
     (args.out / "bench.md").write_text(table)

@@ -14,11 +14,12 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, UploadFile
 
-from dipr.service.backend import OnnxBackend
+from dipr.service.backend import OnnxBackend, TensorrtOptions
 
 
-def create_naive_app(model: Path) -> FastAPI:
-    backend = OnnxBackend(model, provider="cpu")
+def create_naive_app(model: Path, provider: str = "cpu") -> FastAPI:
+    # TensorRT, if asked for: an engine tuned for the one batch size this endpoint runs.
+    backend = OnnxBackend(model, provider, tensorrt=TensorrtOptions(max_batch_size=1))
     width, height = backend.info.input_size
     app = FastAPI()
 
@@ -44,9 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
     args = parser.parse_args()
     uvicorn.run(
-        create_naive_app(args.model),
+        create_naive_app(args.model, args.provider),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

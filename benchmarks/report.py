@@ -7,7 +7,9 @@ from dipr.benchmarks.run import BenchReport
 
 def markdown(report: BenchReport) -> str:
     lines = [
-        f"Benchmark {report.date} on {report.machine}; model `{Path(report.model).name}`, photo "
+        f"Benchmark {report.date} on {report.machine}; ONNX Runtime {report.provider.upper()}"
+        + "".join(f", {name}={value}" for name, value in report.service_env.items())
+        + f"; model `{Path(report.model).name}`, photo "
         f"`{report.photo}`; decode + warp {report.preprocess_ms:.2f} ms/image; each point pooled "
         f"from {report.rounds} interleaved rounds.",
         "",

@@ -4,6 +4,7 @@ same model, same photo. Loopback only; every stage is bounded in time."""
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from dipr.benchmarks.limit import (
     time_batches,
 )
 from dipr.benchmarks.load import LoadResult, LoadSamples, multipart_body, run_hey
-from dipr.service.backend import OnnxBackend
+from dipr.service.backend import OnnxBackend, TensorrtOptions
 from dipr.service.settings import Settings
 
 
@@ -38,6 +39,7 @@ class BenchConfig:
     limit_seconds: float = 6.0  # per batch size, all rounds together
     load_seconds: float = 12.0  # per load point, all rounds together
     rounds: int = 3
+    provider: str = "cpu"  # cpu, cuda or tensorrt: the limit, the service and the naive baseline
     service_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,6 +47,8 @@ class BenchConfig:
 class BenchReport:
     date: str
     machine: str
+    provider: str
+    service_env: dict[str, str]
     model: str
     photo: str
     preprocess_ms: float
@@ -55,7 +59,7 @@ class BenchReport:
     ratios: dict[str, float]
 
 
-def machine_description() -> str:
+def machine_description(provider: str) -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -64,7 +68,16 @@ def machine_description() -> str:
         ),
         platform.processor(),
     )
-    return f"{os.cpu_count()} × {cpu}, {platform.system()} {platform.release()}"
+    described = f"{os.cpu_count()} × {cpu}, {platform.system()} {platform.release()}"
+    if provider != "cpu" and shutil.which("nvidia-smi"):
+        gpus = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        described += f"; GPU: {gpus.splitlines()[0] if gpus else 'unknown'}"
+    return described
 
 
 class ServerProcess:
@@ -111,7 +124,10 @@ def run_bench(config: BenchConfig) -> BenchReport:
     again), and the slices are pooled: a slow spell of a shared machine then touches all three
     alike instead of biasing whichever stage it fell on."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    backend = OnnxBackend(config.model, "cpu", intra_op_threads=Settings().intra_op_threads)
+    settings = Settings()
+    # TensorRT: one profile up to the largest batch measured (the service's stops at its own).
+    tensorrt = TensorrtOptions(settings.tensorrt_cache_dir, max(config.batch_sizes))
+    backend = OnnxBackend(config.model, config.provider, 0, settings.intra_op_threads, tensorrt)
     size = backend.info.input_size
     crop = model_input(config.photo.read_bytes(), size)
     preprocess = measure_preprocess(config.photo, size)
@@ -123,7 +139,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
 
     env = {
         "DIPR_MODEL_PATH": str(config.model),
-        "DIPR_PROVIDER": "cpu",
+        "DIPR_PROVIDER": config.provider,
         "DIPR_LOG_FORMAT": "json",
         "DIPR_MAX_QUEUE": "1024",
         **config.service_env,
@@ -157,6 +173,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
                 str(naive_port),
                 "--model",
                 str(config.model),
+                "--provider",
+                config.provider,
             ],
             naive_port,
             {},
@@ -189,7 +207,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
     naive_results = [naive[c].summary("naive", c, 1) for c in config.concurrencies]
     return BenchReport(
         date=time.strftime("%Y-%m-%d"),
-        machine=machine_description(),
+        machine=machine_description(config.provider),
+        provider=config.provider,
+        service_env=config.service_env,
         model=str(config.model),
         photo=config.photo.name,
         preprocess_ms=preprocess,

@@ -21,7 +21,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException
 
-from dipr.service.backend import ModelError, OnnxBackend, ProviderUnavailable
+from dipr.service.backend import ModelError, OnnxBackend, ProviderUnavailable, TensorrtOptions
 from dipr.service.batcher import Batcher
 from dipr.service.errors import (
     NotReady,
@@ -73,7 +73,13 @@ class Service:
         """Load the model, warm it up, start batching (blocking: run it off the event loop)."""
         s = self.settings
         try:
-            backend = OnnxBackend(s.model_path, s.provider, s.device_id, s.intra_op_threads)
+            backend = OnnxBackend(
+                s.model_path,
+                s.provider,
+                s.device_id,
+                s.intra_op_threads,
+                TensorrtOptions(s.tensorrt_cache_dir, s.max_batch_size),
+            )
             backend.warm_up(s.warmup_batch_sizes)
         except (ModelError, ProviderUnavailable) as error:
             log.error("not ready: %s", error)

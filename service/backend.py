@@ -2,6 +2,7 @@
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from dipr.export import contract
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
 
 
 class ModelError(Exception):
@@ -56,36 +59,96 @@ class ModelInfo:
             )
 
 
-def _providers(requested: str, device_id: int) -> list[str | tuple[str, dict[str, object]]]:
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """TensorRT builds one engine per model, GPU and set of shapes, minutes for a large network:
+    cache it on disk, and give it one profile that covers every batch the batcher can form.
+
+    Precision is the model's: an fp16 export (`dipr export --fp16`) runs its backbone in fp16 and
+    its head in fp32. TensorRT's own fp16 switch stays off, as it would let TensorRT run the head's
+    exp and log-sum-exp in fp16 as well.
+    """
+
+    cache_dir: Path = Path(tempfile.gettempdir()) / "dipr-tensorrt"
+    max_batch_size: int = 16
+
+    @property
+    def engine_dir(self) -> Path:
+        # One folder per profile: an engine built for other batch sizes is never picked up.
+        return self.cache_dir / f"batch-1-{self.max_batch_size}"
+
+    def provider_options(
+        self, input_name: str, input_size: tuple[int, int], device_id: int
+    ) -> dict[str, object]:
+        width, height = input_size
+
+        def shape(batch: int) -> str:
+            return f"{input_name}:{batch}x{height}x{width}x3"
+
+        return {
+            "device_id": device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(self.engine_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(self.cache_dir),
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(self.max_batch_size),
+            "trt_profile_max_shapes": shape(self.max_batch_size),
+        }
+
+
+def _read_info(path: Path) -> ModelInfo:
+    """The metadata alone, from a CPU session (TensorRT's options need the input size)."""
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    return ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def _providers(
+    requested: str, path: Path, device_id: int, tensorrt: TensorrtOptions | None
+) -> list[str | tuple[str, dict[str, object]]]:
     available = ort.get_available_providers()
-    use_cuda = requested == "cuda" or (requested == "auto" and CUDA in available)
-    if not use_cuda:
-        return [CPU]
-    return [(CUDA, {"device_id": device_id}), CPU]
+    cuda = (CUDA, {"device_id": device_id})
+    if requested == "tensorrt":
+        tensorrt = tensorrt or TensorrtOptions()
+        tensorrt.engine_dir.mkdir(parents=True, exist_ok=True)
+        trt_options = tensorrt.provider_options(
+            contract.INPUT, _read_info(path).input_size, device_id
+        )
+        # Nodes TensorRT cannot take run on CUDA; CPU only for what CUDA lacks.
+        return [(TENSORRT, trt_options), cuda, CPU]
+    if requested == "cuda" or (requested == "auto" and CUDA in available):
+        return [cuda, CPU]
+    return [CPU]
 
 
 class OnnxBackend:
     def __init__(
-        self, path: Path, provider: str = "auto", device_id: int = 0, intra_op_threads: int = 0
+        self,
+        path: Path,
+        provider: str = "auto",
+        device_id: int = 0,
+        intra_op_threads: int = 0,
+        tensorrt: TensorrtOptions | None = None,
     ) -> None:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = _providers(provider, device_id)
-        wants_gpu = providers[0] != CPU
         try:
+            providers = _providers(provider, path, device_id, tensorrt)
+            wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises several unrelated types for bad files
             raise ModelError(f"onnxruntime cannot load {path}: {error}") from error
         self.provider = self.session.get_providers()[0]
         log.info("model %s on %s (asked: %s)", path, self.provider, provider)
-        if wants_gpu and self.provider != CUDA:
-            # onnxruntime logs the CUDA failure and quietly runs on CPU: refuse to do the same.
+        if wanted != CPU and self.provider != wanted:
+            # onnxruntime logs the GPU failure and quietly runs on the next provider: refuse to.
+            what = "TensorRT" if wanted == TENSORRT else "CUDA"
             raise ProviderUnavailable(
-                f"CUDA was requested ({provider}) but onnxruntime runs on {self.provider}: "
-                "check the CUDA and cuDNN libraries matching onnxruntime-gpu"
+                f"{what} was requested ({provider}) but onnxruntime runs on {self.provider}: "
+                "check the CUDA, cuDNN (and TensorRT) libraries matching onnxruntime-gpu"
             )
         self._check_contract()
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
@@ -103,7 +166,7 @@ class OnnxBackend:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """batch: uint8 [N, H, W, 3] → every model output, N rows each."""
-        if self.provider == CUDA:
+        if self.provider in GPU_PROVIDERS:
             # IOBinding: one host→device copy of the input and device→host of the outputs,
             # without Run()'s intermediate staging.
             binding = self.session.io_binding()

@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help="default 127.0.0.1 (DIPR_HOST)")
     parser.add_argument("--port", type=int, help="default 8000 (DIPR_PORT)")
     parser.add_argument("--model", type=Path, help="ONNX model (DIPR_MODEL_PATH)")
-    parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="(DIPR_PROVIDER)")
+    parser.add_argument(
+        "--provider", choices=["auto", "cuda", "tensorrt", "cpu"], help="(DIPR_PROVIDER)"
+    )
     parser.add_argument(
         "--workers",
         type=int,

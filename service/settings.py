@@ -1,5 +1,6 @@
 """The service's configuration: one typed object, read once at start-up from DIPR_* variables."""
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,12 +17,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     model_path: Path = Field(DEFAULT_MODEL, description="ONNX model following the dipr contract")
-    provider: Literal["auto", "cuda", "cpu"] = Field(
+    provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
         "auto",
         description="auto: CUDA when onnxruntime can use it, else CPU; cuda: CUDA or not "
-        "ready; cpu: CPU only",
+        "ready; tensorrt: TensorRT (CUDA for what it cannot run) or not ready; cpu: CPU only",
     )
     device_id: int = Field(0, ge=0, description="CUDA device")
+    tensorrt_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "dipr-tensorrt",
+        description="where TensorRT keeps its engines and timing cache (built on first start, "
+        "minutes; reused while model, GPU, TensorRT version and DIPR_MAX_BATCH_SIZE stay)",
+    )
     intra_op_threads: int = Field(
         0, ge=0, description="ORT threads per inference (0: ORT's choice, all cores)"
     )

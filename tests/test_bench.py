@@ -12,7 +12,8 @@ from dipr.cli import main as dipr
 
 @pytest.mark.skipif(shutil.which("hey") is None, reason="hey (Debian package) is not installed")
 def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
-    assert dipr(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    arguments = ["bench", "--quick", "--service-env", "DIPR_MAX_BATCH_SIZE=8"]
+    assert dipr([*arguments, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch_size"] for r in report["limit"]] == [1, 4]
     assert {(r["concurrency"], r["crops_per_request"]) for r in report["service"]} == {
@@ -30,6 +31,26 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
     service_best = max(r["crops_per_s"] for r in report["service"])
     ratio = report["ratios"]["service_best_images_per_s_over_limit_best"]
     assert ratio == pytest.approx(service_best / best)
-    assert "| limit (ORT alone) | batch 1 |" in (tmp_path / "bench.md").read_text()
+    assert report["provider"] == "cpu"
+    assert report["service_env"] == {"DIPR_MAX_BATCH_SIZE": "8"}
+    table = (tmp_path / "bench.md").read_text()
+    assert "| limit (ORT alone) | batch 1 |" in table
+    assert "ONNX Runtime CPU, DIPR_MAX_BATCH_SIZE=8;" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("body-*.bin"))
+
+
+@pytest.mark.skipif(shutil.which("hey") is None, reason="hey (Debian package) is not installed")
+def test_cuda_without_a_gpu_fails_instead_of_measuring_the_cpu(tmp_path: Path, capsys) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the run would measure it")
+    assert dipr(["bench", "--provider", "cuda", "--quick", "--out", str(tmp_path)]) == 1
+    assert "CUDA was requested" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_service_env_must_be_name_equals_value(tmp_path: Path, capsys) -> None:
+    assert dipr(["bench", "--service-env", "DIPR_MAX_BATCH_SIZE", "--out", str(tmp_path)]) == 2
+    assert "DIPR_NAME=VALUE" in capsys.readouterr().err

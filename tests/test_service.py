@@ -382,11 +382,12 @@ def test_passed_deadline_is_504() -> None:
         assert httpx.get(f"{url}/health/ready").status_code == 200
 
 
-def test_missing_gpu_is_never_a_silent_cpu_fallback() -> None:
-    with running_service(provider="cuda") as url:
+@pytest.mark.parametrize(("provider", "named"), [("cuda", "CUDA"), ("tensorrt", "TensorRT")])
+def test_missing_gpu_is_never_a_silent_cpu_fallback(provider: str, named: str, tmp_path) -> None:
+    with running_service(provider=provider, tensorrt_cache_dir=tmp_path) as url:
         ready = httpx.get(f"{url}/health/ready")
         assert ready.status_code == 503
-        assert "CUDA" in ready.json()["reason"]
+        assert f"{named} was requested" in ready.json()["reason"]
         assert_error(post(url, [("a.png", png(photo()))]), 503, "not_ready")
 
 
