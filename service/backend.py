@@ -64,9 +64,8 @@ class TensorrtOptions:
     """TensorRT builds one engine per model, GPU and set of shapes, minutes for a large network:
     cache it on disk, and give it one profile that covers every batch the batcher can form.
 
-    Precision is the model's: an fp16 export (`dipr export --fp16`) runs its backbone in fp16 and
-    its head in fp32. TensorRT's own fp16 switch stays off, as it would let TensorRT run the head's
-    exp and log-sum-exp in fp16 as well.
+    Precision is the model's (`dipr export --fp16`: backbone fp16, head fp32). TensorRT's own fp16
+    switch stays off: it would let TensorRT run the head's exp and log-sum-exp in fp16 as well.
     """
 
     cache_dir: Path = Path(tempfile.gettempdir()) / "dipr-tensorrt"
