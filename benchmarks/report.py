@@ -5,6 +5,10 @@ from pathlib import Path
 from dipr.benchmarks.run import BenchReport
 
 
+def _streams(streams: int) -> str:
+    return "one batch at a time" if streams == 1 else f"{streams} batches at once"
+
+
 def markdown(report: BenchReport) -> str:
     lines = [
         f"Benchmark {report.date} on {report.machine}; ONNX Runtime {report.provider.upper()}"
@@ -18,7 +22,8 @@ def markdown(report: BenchReport) -> str:
     ]
     for r in report.limit:
         lines.append(
-            f"| limit (ORT alone) | batch {r.batch_size} | | {r.images_per_s:.1f} | "
+            f"| limit (ORT alone, {_streams(r.streams)}) | batch {r.batch_size} | | "
+            f"{r.images_per_s:.1f} | "
             f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} |"
         )
     for r in [*report.service, *report.naive]:
@@ -42,14 +47,18 @@ def plot(report: BenchReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    axis.plot(
-        [r.images_per_s for r in report.limit],
-        [r.p50_ms for r in report.limit],
-        "k.--",
-        label="limit: ORT alone (p50 per batch)",
-    )
-    for r in report.limit:
-        axis.annotate(f"b{r.batch_size}", (r.images_per_s, r.p50_ms), fontsize=7)
+    for streams, style in ((1, "k.--"), (2, "kx:")):
+        points = [r for r in report.limit if (r.streams > 1) == (streams > 1)]
+        if not points:
+            continue
+        axis.plot(
+            [r.images_per_s for r in points],
+            [r.p50_ms for r in points],
+            style,
+            label=f"limit: ORT alone, {_streams(points[0].streams)} (p50 per batch)",
+        )
+        for r in points:
+            axis.annotate(f"b{r.batch_size}", (r.images_per_s, r.p50_ms), fontsize=7)
     for series, style in ((report.service, "o-"), (report.naive, "s-")):
         single = [r for r in series if r.crops_per_request == 1]
         if not single:

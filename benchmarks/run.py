@@ -18,13 +18,13 @@ import numpy as np
 
 from dipr.benchmarks.limit import (
     LimitResult,
-    limit_result,
+    LimitSamples,
     measure_preprocess,
     model_input,
-    time_batches,
+    time_streams,
 )
 from dipr.benchmarks.load import LoadResult, LoadSamples, multipart_body, run_hey
-from dipr.service.backend import OnnxBackend, TensorrtOptions
+from dipr.service.backend import OnnxBackend, TensorrtOptions, configure_workers
 from dipr.service.settings import Settings
 
 
@@ -36,9 +36,9 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     concurrencies: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     boxes_concurrency: int = 32
-    limit_seconds: float = 6.0  # per batch size, all rounds together
-    load_seconds: float = 12.0  # per load point, all rounds together
-    rounds: int = 3
+    limit_seconds: float = 10.0  # per batch size, all rounds together
+    load_seconds: float = 20.0  # per load point, all rounds together
+    rounds: int = 5
     provider: str = "cpu"  # cpu, cuda or tensorrt: the limit, the service and the naive baseline
     service_env: dict[str, str] = field(default_factory=dict)
 
@@ -120,14 +120,20 @@ def free_port() -> int:
 
 
 def run_bench(config: BenchConfig) -> BenchReport:
-    """Every point is measured in `rounds` short slices, interleaved (limit, service, naive, then
-    again), and the slices are pooled: a slow spell of a shared machine then touches all three
-    alike instead of biasing whichever stage it fell on."""
+    """Every point is measured in `rounds` short slices, interleaved (limit; service and naive at
+    each concurrency, back to back; then again), and the slices are pooled: a slow spell of a
+    shared machine then touches all three alike instead of biasing whichever stage it fell on."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings()
+    # The service's settings, as its environment will set them.
+    settings = Settings(
+        **{name.removeprefix("DIPR_").lower(): v for name, v in config.service_env.items()}
+    )
     # TensorRT: one profile up to the largest batch measured (the service's stops at its own).
     tensorrt = TensorrtOptions(settings.tensorrt_cache_dir, max(config.batch_sizes))
     backend = OnnxBackend(config.model, config.provider, 0, settings.intra_op_threads, tensorrt)
+    # Both ways the service runs batches: alone on every core, and side by side (CPU).
+    workers = configure_workers(backend, settings.inference_workers, settings.intra_op_threads)
+    modes = [(backend.infer, 1)] + ([(backend.infer_alongside, workers)] if workers > 1 else [])
     size = backend.info.input_size
     crop = model_input(config.photo.read_bytes(), size)
     preprocess = measure_preprocess(config.photo, size)
@@ -145,7 +151,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         **config.service_env,
     }
     service_port, naive_port = free_port(), free_port()
-    limit_times: dict[int, list[float]] = {b: [] for b in config.batch_sizes}
+    limit_samples = {(b, n): LimitSamples() for b in config.batch_sizes for _, n in modes}
     service = {c: LoadSamples() for c in config.concurrencies}
     service_boxes = LoadSamples()
     naive = {c: LoadSamples() for c in config.concurrencies}
@@ -190,18 +196,22 @@ def run_bench(config: BenchConfig) -> BenchReport:
         for round_ in range(config.rounds):
             print(f"round {round_ + 1}/{config.rounds}: limit, service, naive", flush=True)
             for batch in config.batch_sizes:
-                limit_times[batch] += time_batches(
-                    backend, np.repeat(crop[None], batch, 0), limit_slice
-                )
+                crops = np.repeat(crop[None], batch, 0)
+                for infer, streams in modes:
+                    time_streams(
+                        infer, crops, streams, limit_slice, limit_samples[(batch, streams)]
+                    )
             for c in config.concurrencies:
-                run_hey(service_url, one, one_type, c, load_slice, service[c])
+                # Service and naive back to back, in alternating order: whatever the machine
+                # does over a few seconds lands on both, not on whichever came first.
+                pair = [(service_url, service[c]), (naive_url, naive[c])]
+                for url, samples in pair if round_ % 2 == 0 else pair[::-1]:
+                    run_hey(url, one, one_type, c, load_slice, samples)
             run_hey(
                 service_url, four, four_type, config.boxes_concurrency, load_slice, service_boxes
             )
-            for c in config.concurrencies:
-                run_hey(naive_url, one, one_type, c, load_slice, naive[c])
 
-    limit = [limit_result(b, times) for b, times in limit_times.items()]
+    limit = [samples.summary(b, n) for (b, n), samples in limit_samples.items()]
     service_results = [service[c].summary("service", c, 1) for c in config.concurrencies]
     service_results.append(service_boxes.summary("service", config.boxes_concurrency, 4))
     naive_results = [naive[c].summary("naive", c, 1) for c in config.concurrencies]
@@ -229,7 +239,7 @@ def ratios(
     concurrencies: list[int],
 ) -> dict[str, float]:
     best_limit = max(r.images_per_s for r in limit)
-    batch1 = next(r for r in limit if r.batch_size == 1)
+    batch1 = next(r for r in limit if r.batch_size == 1 and r.streams == 1)
 
     def at(series: list[LoadResult], concurrency: int) -> LoadResult:
         return next(r for r in series if r.concurrency == concurrency and r.crops_per_request == 1)

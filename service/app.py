@@ -21,7 +21,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException
 
-from dipr.service.backend import ModelError, OnnxBackend, ProviderUnavailable, TensorrtOptions
+from dipr.service.backend import (
+    ModelError,
+    OnnxBackend,
+    ProviderUnavailable,
+    TensorrtOptions,
+    configure_workers,
+)
 from dipr.service.batcher import Batcher
 from dipr.service.errors import (
     NotReady,
@@ -80,6 +86,7 @@ class Service:
                 s.intra_op_threads,
                 TensorrtOptions(s.tensorrt_cache_dir, s.max_batch_size),
             )
+            workers = configure_workers(backend, s.inference_workers, s.intra_op_threads)
             backend.warm_up(s.warmup_batch_sizes)
         except (ModelError, ProviderUnavailable) as error:
             log.error("not ready: %s", error)
@@ -92,7 +99,8 @@ class Service:
             s.batch_delay_ms / 1000,
             observer=self.metrics,
             retry_after_s=s.retry_after_s,
-            workers=s.inference_workers,
+            workers=workers,
+            infer_alongside=backend.infer_alongside,
         )
         self.batcher.start()
         self.pipeline = PosePipeline(

@@ -39,10 +39,11 @@ class Settings(BaseSettings):
         "0 takes what queued while the last batch ran (best on CPU)",
     )
     inference_workers: int = Field(
-        1,
-        ge=1,
-        description="threads running batches at once; 2 can fill cores that ONNX "
-        "Runtime leaves idle on CPU (measure with make bench)",
+        0,
+        ge=0,
+        description="threads running batches at once; 0: 2 on CPU, 1 on GPU. On CPU a batch "
+        "that runs alone uses every core; batches that run together use a share each "
+        "(batches of at most DIPR_MAX_BATCH_SIZE / 4), which keeps all cores busy",
     )
     max_queue: int = Field(
         256, ge=1, description="most crops waiting; beyond it requests get 503 with Retry-After"

@@ -20,6 +20,18 @@ def test_cpu_runs_a_batch_with_every_output() -> None:
     assert outputs["scores"].shape == (3, 17)
 
 
+def test_alongside_session_gives_the_same_results_on_fewer_threads() -> None:
+    backend = OnnxBackend(DEFAULT_MODEL, "cpu", intra_op_threads=2)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    alone = backend.infer_alongside(batch)  # no alongside session yet: the main one
+    backend.add_alongside_session(threads=1)
+    alongside = backend.infer_alongside(batch)
+    main = backend.infer(batch)
+    for name, values in main.items():
+        np.testing.assert_allclose(alongside[name], values, atol=1e-4)
+        np.testing.assert_array_equal(alone[name], values)
+
+
 @pytest.mark.skipif(not NO_GPU, reason="this onnxruntime has CUDA")
 @pytest.mark.parametrize(("provider", "named"), [("cuda", "CUDA"), ("tensorrt", "TensorRT")])
 def test_a_gpu_provider_that_is_missing_is_refused(provider: str, named: str, tmp_path) -> None:

@@ -87,6 +87,24 @@ async def test_greedy_batching_without_delay_takes_what_queued() -> None:
     assert calls[1] == 6  # the six that queued meanwhile went together
 
 
+async def test_a_batch_alone_uses_infer_and_batches_side_by_side_use_infer_alongside() -> None:
+    """Two workers: one request alone runs on `infer` (all cores, on CPU); under load the batches
+    that run while another runs or waits go to `infer_alongside`, a quarter of the size."""
+    wide, wide_calls = echo_model(delay=0.05)
+    alongside, alongside_calls = echo_model(delay=0.05)
+    batcher = Batcher(wide, max_batch_size=8, max_queue=64, workers=2, infer_alongside=alongside)
+    batcher.start()
+    assert (await batcher.submit(tagged([1]), deadline()))["tag"].tolist() == [1]
+    assert (wide_calls, alongside_calls) == ([1], [])
+    tags = list(range(2, 26))
+    results = await asyncio.gather(*(batcher.submit(tagged([t]), deadline()) for t in tags))
+    batcher.stop()
+    assert [r["tag"].tolist() for r in results] == [[t] for t in tags]
+    assert sum(wide_calls) + sum(alongside_calls) == 25
+    assert alongside_calls and max(alongside_calls) <= 2  # 8 // 4
+    assert len(alongside_calls) >= 8  # under load, nearly all of the 24 went in batches of ≤ 2
+
+
 async def test_delay_lets_a_batch_fill() -> None:
     infer, calls = echo_model()
     batcher = Batcher(infer, max_batch_size=8, max_queue=64, max_delay_s=0.2)

@@ -15,7 +15,13 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
     arguments = ["bench", "--quick", "--service-env", "DIPR_MAX_BATCH_SIZE=8"]
     assert dipr([*arguments, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["batch_size"] for r in report["limit"]] == [1, 4]
+    # One batch at a time on every core, and (CPU) two at once on a share each, as the service.
+    assert [(r["batch_size"], r["streams"]) for r in report["limit"]] == [
+        (1, 1),
+        (1, 2),
+        (4, 1),
+        (4, 2),
+    ]
     assert {(r["concurrency"], r["crops_per_request"]) for r in report["service"]} == {
         (1, 1),
         (8, 1),
@@ -34,7 +40,8 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert report["provider"] == "cpu"
     assert report["service_env"] == {"DIPR_MAX_BATCH_SIZE": "8"}
     table = (tmp_path / "bench.md").read_text()
-    assert "| limit (ORT alone) | batch 1 |" in table
+    assert "| limit (ORT alone, one batch at a time) | batch 1 |" in table
+    assert "| limit (ORT alone, 2 batches at once) | batch 4 |" in table
     assert "ONNX Runtime CPU, DIPR_MAX_BATCH_SIZE=8;" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("body-*.bin"))
