@@ -40,6 +40,18 @@ class Crop:
         )
 
 
+def crop_scale(
+    box: tuple[float, float, float, float] | np.ndarray,
+    input_size: tuple[int, int],
+    padding: float = PADDING,
+) -> float:
+    """Input pixels per image pixel of the box's crop: the padded box, its short side grown to
+    the input's aspect ratio (no distortion), fills the input."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    width, height = input_size
+    return min(width / ((x2 - x1) * padding), height / ((y2 - y1) * padding))
+
+
 def crop_for_box(
     box: tuple[float, float, float, float] | np.ndarray,
     input_size: tuple[int, int],
@@ -48,14 +60,8 @@ def crop_for_box(
     """The affine that maps the padded box onto an input of `input_size` = (width, height)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     width, height = input_size
-    aspect = width / height
-    box_w, box_h = (x2 - x1) * padding, (y2 - y1) * padding
-    # Grow the short side so the region has the input's aspect ratio: no distortion.
-    if box_w > box_h * aspect:
-        box_h = box_w / aspect
-    else:
-        box_w = box_h * aspect
-    scale = width / box_w  # input pixels per image pixel, same on both axes
+    scale = crop_scale(box, input_size, padding)  # input pixels per image pixel, both axes
+    box_w, box_h = width / scale, height / scale
     # Continuous coordinates (edges) map as u' = (u - left) * scale; index = continuous - 0.5.
     centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
     left, top = centre_x - box_w / 2, centre_y - box_h / 2

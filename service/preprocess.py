@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dipr.service.crops import Crop, crop_for_box, warp
+from dipr.service.crops import Crop, crop_for_box, crop_scale, warp
 from dipr.service.errors import InvalidRequest
 from dipr.service.images import decode_pixels, read_header
 
@@ -47,16 +47,15 @@ def validate_box(box: Box, width: int, height: int) -> None:
 
 
 def _finest_scale(boxes: Sequence[Box], input_size: tuple[int, int], padding: float) -> float:
-    """The most input pixels per image pixel that any crop of these boxes asks for."""
-    scales = [
-        crop_for_box(box, input_size, padding).scale
-        for box in boxes
-        if all(math.isfinite(v) for v in box) and box[2] > box[0] and box[3] > box[1]
-    ]
-    # A box the validation will refuse: decode at full size (the error comes after).
-    return (
-        max(scales) if len(scales) == len(boxes) and all(map(math.isfinite, scales)) else math.inf
-    )
+    """The most input pixels per image pixel that any crop of these boxes asks for; inf for a
+    box the validation will refuse (decoded at full size, the error comes after)."""
+    finest = 0.0
+    for box in boxes:
+        if not (all(map(math.isfinite, box)) and box[2] > box[0] and box[3] > box[1]):
+            return math.inf
+        scale = crop_scale(box, input_size, padding)  # 0 for a box of infinite size
+        finest = max(finest, scale if math.isfinite(scale) and scale > 0 else math.inf)
+    return finest
 
 
 def prepare_image(
