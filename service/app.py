@@ -87,21 +87,22 @@ class Service:
                 TensorrtOptions(s.tensorrt_cache_dir, s.max_batch_size),
             )
             workers = configure_workers(backend, s.inference_workers, s.intra_op_threads)
-            backend.warm_up(s.warmup_batch_sizes)
+            batcher = Batcher(
+                backend.infer,
+                s.max_batch_size,
+                s.max_queue,
+                s.batch_delay_ms / 1000,
+                observer=self.metrics,
+                retry_after_s=s.retry_after_s,
+                workers=workers,
+                infer_alongside=backend.infer_alongside,
+            )
+            backend.warm_up(s.warmup_batch_sizes, batcher.alongside_batch_size)
         except (ModelError, ProviderUnavailable) as error:
             log.error("not ready: %s", error)
             self.not_ready_reason = str(error)
             return
-        self.batcher = Batcher(
-            backend.infer,
-            s.max_batch_size,
-            s.max_queue,
-            s.batch_delay_ms / 1000,
-            observer=self.metrics,
-            retry_after_s=s.retry_after_s,
-            workers=workers,
-            infer_alongside=backend.infer_alongside,
-        )
+        self.batcher = batcher
         self.batcher.start()
         self.pipeline = PosePipeline(
             self.batcher, backend.info, s.max_image_pixels, s.box_padding, s.reduced_decode

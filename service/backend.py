@@ -202,12 +202,14 @@ class OnnxBackend:
         values = self._alongside.run(self._outputs, {contract.INPUT: batch})
         return dict(zip(self._outputs, values, strict=True))
 
-    def warm_up(self, batch_sizes: list[int]) -> None:
-        """Run every batch size once so that no request pays for first-run allocations."""
+    def warm_up(self, batch_sizes: list[int], alongside_batch_size: int = 0) -> None:
+        """Run every batch size once so that no request pays for first-run allocations (on the
+        alongside session only up to the largest batch it will run: its memory grows with it)."""
         width, height = self.info.input_size
         for size in batch_sizes:
             self.infer(np.zeros((size, height, width, 3), np.uint8))
-            if self._alongside is not None:
+        if self._alongside is not None:
+            for size in sorted({min(size, alongside_batch_size) for size in batch_sizes} - {0}):
                 self.infer_alongside(np.zeros((size, height, width, 3), np.uint8))
 
 

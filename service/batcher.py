@@ -97,7 +97,7 @@ class Batcher:
         # Such batches are a quarter of the largest: every worker gets some of the queue, and on
         # CPU small batches run faster per crop (their activations stay in cache).
         self._infer_alongside = infer_alongside
-        self._alongside_batch_size = max(1, max_batch_size // 4)
+        self.alongside_batch_size = max(1, max_batch_size // 4)
         self._busy = 0  # workers running a batch
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -181,7 +181,7 @@ class Batcher:
             size = (
                 self.max_batch_size
                 if alone or self._infer_alongside is None
-                else self._alongside_batch_size
+                else self.alongside_batch_size
             )
             batch: list[tuple[_Job, int]] = []
             while self._queue and len(batch) < size:
