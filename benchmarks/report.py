@@ -47,30 +47,23 @@ def plot(report: BenchReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    curves = []  # (style, label, [(images/s, latency ms, tag)])
     for streams, style in ((1, "k.--"), (2, "kx:")):
-        points = [r for r in report.limit if (r.streams > 1) == (streams > 1)]
-        if not points:
-            continue
-        axis.plot(
-            [r.images_per_s for r in points],
-            [r.p50_ms for r in points],
-            style,
-            label=f"limit: ORT alone, {_streams(points[0].streams)} (p50 per batch)",
-        )
-        for r in points:
-            axis.annotate(f"b{r.batch_size}", (r.images_per_s, r.p50_ms), fontsize=7)
+        limit = [r for r in report.limit if (r.streams > 1) == (streams > 1)]
+        if limit:
+            label = f"limit: ORT alone, {_streams(limit[0].streams)} (p50 per batch)"
+            points = [(r.images_per_s, r.p50_ms, f"b{r.batch_size}") for r in limit]
+            curves.append((style, label, points))
     for series, style in ((report.service, "o-"), (report.naive, "s-")):
         single = [r for r in series if r.crops_per_request == 1]
-        if not single:
-            continue
-        axis.plot(
-            [r.crops_per_s for r in single],
-            [r.p99_ms for r in single],
-            style,
-            label=f"{single[0].target} (p99)",
-        )
-        for r in single:
-            axis.annotate(f"c{r.concurrency}", (r.crops_per_s, r.p99_ms), fontsize=7)
+        if single:
+            points = [(r.crops_per_s, r.p99_ms, f"c{r.concurrency}") for r in single]
+            curves.append((style, f"{single[0].target} (p99)", points))
+    for style, label, points in curves:
+        xs, ys, _ = zip(*points, strict=True)
+        axis.plot(xs, ys, style, label=label)
+        for x, y, tag in points:
+            axis.annotate(tag, (x, y), fontsize=7)
     axis.set_xlabel("throughput, images/s")
     axis.set_ylabel("latency, ms")
     axis.set_yscale("log")
