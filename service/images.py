@@ -23,6 +23,8 @@ import numpy as np
 from dipr.service.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
 
 SUPPORTED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+# Not registered, but common: accepted as JPEG (the bytes decide the format anyway).
+JPEG_ALIASES = ("image/jpg", "image/pjpeg")
 _SUPPORTED = f"send one of {', '.join(SUPPORTED_MEDIA_TYPES)} (or application/octet-stream)"
 
 # SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG, reserved) and CC (DAC) share the range.
@@ -152,7 +154,7 @@ def _check_content_type(content_type: str | None) -> None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
     # An empty type is treated as undeclared, like application/octet-stream.
-    if media_type in ("", "application/octet-stream", *SUPPORTED_MEDIA_TYPES):
+    if media_type in ("", "application/octet-stream", *SUPPORTED_MEDIA_TYPES, *JPEG_ALIASES):
         return
     raise UnsupportedMediaType(f"content type {media_type[:100]!r} is not supported; {_SUPPORTED}")
 

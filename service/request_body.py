@@ -14,7 +14,7 @@ from dipr.service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from dipr.service.images import SUPPORTED_MEDIA_TYPES
+from dipr.service.images import JPEG_ALIASES, SUPPORTED_MEDIA_TYPES
 from dipr.service.pipeline import Box, ImageInput
 
 MULTIPART = "multipart/form-data"
@@ -26,7 +26,7 @@ def media_type(content_type: str | None) -> str:
 
 async def read_pose_request(request: Request, max_images: int, max_boxes: int) -> list[ImageInput]:
     media = media_type(request.headers.get("content-type"))
-    if media in SUPPORTED_MEDIA_TYPES:
+    if media in SUPPORTED_MEDIA_TYPES or media in JPEG_ALIASES:
         return [ImageInput(await request.body(), media, None)]
     if media != MULTIPART:
         raise UnsupportedMediaType(

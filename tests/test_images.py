@@ -381,6 +381,8 @@ def test_exif_orientations(orientation, big_endian):
         *SUPPORTED_MEDIA_TYPES,
         "image/PNG; charset=binary",
         "IMAGE/JPEG",
+        "image/jpg",  # not registered, but common
+        "image/pjpeg",
         "application/octet-stream; name=a.png",
         " image/webp ;q=1",
     ],

@@ -179,9 +179,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(url: str) 
     assert images_delta == 24
 
 
-def test_raw_body_upload(url: str) -> None:
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/jpg"])
+def test_raw_body_upload(url: str, content_type: str) -> None:
     data = (PHOTOS / "grace_hopper.jpg").read_bytes()
-    response = httpx.post(f"{url}/pose", content=data, headers={"content-type": "image/jpeg"})
+    response = httpx.post(f"{url}/pose", content=data, headers={"content-type": content_type})
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["image"] == {"width": 512, "height": 600}
     assert "x_raw" not in response.json()["results"][0]["persons"][0]["keypoints"][0]
