@@ -48,8 +48,8 @@ def plot(report: BenchReport, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     curves = []  # (style, label, [(images/s, latency ms, tag)])
-    for streams, style in ((1, "k.--"), (2, "kx:")):
-        limit = [r for r in report.limit if (r.streams > 1) == (streams > 1)]
+    for one_stream, style in ((True, "k.--"), (False, "kx:")):
+        limit = [r for r in report.limit if (r.streams == 1) == one_stream]
         if limit:
             label = f"limit: ORT alone, {_streams(limit[0].streams)} (p50 per batch)"
             points = [(r.images_per_s, r.p50_ms, f"b{r.batch_size}") for r in limit]

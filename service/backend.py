@@ -98,8 +98,11 @@ class TensorrtOptions:
 
 
 def _read_info(path: Path) -> ModelInfo:
-    """The metadata alone, from a CPU session (TensorRT's options need the input size)."""
-    session = ort.InferenceSession(str(path), providers=[CPU])
+    """The metadata alone, from an unoptimised CPU session (TensorRT's options need the input
+    size before the real session exists)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=[CPU])
     return ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map)
 
 
@@ -191,15 +194,17 @@ class OnnxBackend:
                 binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
             values = binding.copy_outputs_to_cpu()
-        else:
-            values = self.session.run(self._outputs, {contract.INPUT: batch})
-        return dict(zip(self._outputs, values, strict=True))
+            return dict(zip(self._outputs, values, strict=True))
+        return self._run(self.session, batch)
 
     def infer_alongside(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Like `infer`, on the alongside session when there is one."""
         if self._alongside is None:
             return self.infer(batch)
-        values = self._alongside.run(self._outputs, {contract.INPUT: batch})
+        return self._run(self._alongside, batch)
+
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(self._outputs, {contract.INPUT: batch})
         return dict(zip(self._outputs, values, strict=True))
 
     def warm_up(self, batch_sizes: list[int], alongside_batch_size: int = 0) -> None:

@@ -21,11 +21,6 @@ class Crop:
     matrix: np.ndarray
     inverse: np.ndarray
 
-    @property
-    def scale(self) -> float:
-        """Input pixels per image pixel."""
-        return float(self.matrix[0, 0])
-
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """[..., 2] input-pixel (x, y) → image pixels."""
         return points @ self.inverse[:, :2].T + self.inverse[:, 2]

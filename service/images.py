@@ -144,11 +144,6 @@ def decode_pixels(data: bytes, header: ImageHeader, reduction: int = 1) -> np.nd
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # a new, contiguous array
 
 
-def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
-    """Check, then decode one image at full size to a contiguous RGB uint8 array [H, W, 3]."""
-    return decode_pixels(data, read_header(data, content_type, max_pixels))
-
-
 def _check_content_type(content_type: str | None) -> None:
     if content_type is None:
         return

@@ -28,12 +28,23 @@ from dipr.service.errors import (
     UndecodableImage,
     UnsupportedMediaType,
 )
-from dipr.service.images import SUPPORTED_MEDIA_TYPES, declared_size, decode_image, sniff_format
+from dipr.service.images import (
+    SUPPORTED_MEDIA_TYPES,
+    declared_size,
+    decode_pixels,
+    read_header,
+    sniff_format,
+)
 
 MAX_PIXELS = 50_000_000
 
 # ---------------------------------------------------------------------------------------------
 # File builders
+
+
+def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
+    """Check, then decode at full size: the service's path for one image."""
+    return decode_pixels(data, read_header(data, content_type, max_pixels))
 
 
 def encode(ext: str, bgr: np.ndarray, *params: int) -> bytes:
