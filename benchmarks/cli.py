@@ -5,12 +5,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from dipr.models.registry import DEFAULT_ONNX
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help=__doc__, description=__doc__)
-    parser.add_argument("--model", type=Path, default=REPO / "models/onnx/movenet-thunder.onnx")
+    parser.add_argument("--model", type=Path, default=DEFAULT_ONNX)
     parser.add_argument("--photo", type=Path, default=REPO / "tests/fixtures/photos/astronaut.jpg")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument(

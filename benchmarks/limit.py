@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dipr.core.prepare import prepare_image
 from dipr.service.batcher import InferFn
-from dipr.service.preprocess import prepare_image
 
 
 @dataclass(frozen=True)
@@ -87,4 +87,4 @@ def measure_preprocess(photo: Path, input_size: tuple[int, int], repeats: int = 
 
 def model_input(data: bytes, input_size: tuple[int, int]) -> np.ndarray:
     """The service's network input for a whole photo (one person, no box)."""
-    return prepare_image(data, None, None, input_size, padding=1.0, max_pixels=2**40).inputs[0]
+    return prepare_image(data, None, None, input_size, max_pixels=2**40).cropped.inputs[0]

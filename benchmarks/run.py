@@ -5,7 +5,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 
 from dipr.benchmarks.limit import (
@@ -24,7 +22,8 @@ from dipr.benchmarks.limit import (
     time_streams,
 )
 from dipr.benchmarks.load import LoadResult, LoadSamples, multipart_body, run_hey
-from dipr.service.backend import OnnxBackend, TensorrtOptions, configure_workers
+from dipr.benchmarks.servers import ServerProcess, free_port
+from dipr.service.backend import OnnxBackend, TensorrtOptions
 from dipr.service.settings import Settings
 
 
@@ -80,45 +79,6 @@ def machine_description(provider: str) -> str:
     return described
 
 
-class ServerProcess:
-    """A server on a free loopback port, stopped on exit."""
-
-    def __init__(self, command: list[str], port: int, env: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def wait_ready(self, path: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code < 500:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.url} not ready in {timeout} s")
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_bench(config: BenchConfig) -> BenchReport:
     """Every point is measured in `rounds` short slices, interleaved (limit; service and naive at
     each concurrency, back to back; then again), and the slices are pooled: a slow spell of a
@@ -132,7 +92,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     tensorrt = TensorrtOptions(settings.tensorrt_cache_dir, max(config.batch_sizes))
     backend = OnnxBackend(config.model, config.provider, 0, settings.intra_op_threads, tensorrt)
     # Both ways the service runs batches: alone on every core, and side by side (CPU).
-    workers = configure_workers(backend, settings.inference_workers, settings.intra_op_threads)
+    workers = backend.configure_workers(settings.inference_workers, settings.intra_op_threads)
     modes = [(backend.infer, 1)] + ([(backend.infer_alongside, workers)] if workers > 1 else [])
     size = backend.info.input_size
     crop = model_input(config.photo.read_bytes(), size)

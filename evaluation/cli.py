@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The repository sits beside `shared/`, which holds the development data (never copied in here).
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
+from dipr.core.coco import DEV_DATA_VARIABLE, dev_data
+from dipr.models.registry import DEFAULT_ONNX
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         action="append",
         dest="models",
-        help=f"ONNX model; repeat for several (default: {DEFAULT_MODEL.name})",
+        help=f"ONNX model; repeat for several (default: {DEFAULT_ONNX.name})",
     )
     models.add_argument(
         "--sweep",
@@ -29,8 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=DEFAULT_DATA,
-        help="COCO-format folder (default: ../shared/data/coco_dev)",
+        default=None,
+        help=f"COCO-format folder (default: ${DEV_DATA_VARIABLE}, else ../shared/data/coco_dev)",
     )
     parser.add_argument(
         "--annotations",
@@ -46,25 +45,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands never load pycocotools (and --sweep alone, torch).
+    from dipr.core.coco import load_keypoint_set
+    from dipr.core.errors import DiprError
     from dipr.evaluation import coco_eval
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
-    annotations: Path = args.annotations or args.data / "test_coco.json"
-    images: Path = args.images or args.data
+    data: Path = args.data or dev_data()
+    annotations: Path = args.annotations or data / "test_coco.json"
+    images: Path = args.images or data
     try:
-        dataset = coco_eval.load_dataset(annotations, images)
+        dataset = load_keypoint_set(annotations, images)
         if args.sweep:
             rows = coco_eval.sweep(dataset, args.batch_size, args.verbose, _progress())
         else:
             rows = [
                 row
-                for model in args.models or [DEFAULT_MODEL]
+                for model in args.models or [DEFAULT_ONNX]
                 for row in coco_eval.evaluate_model(
                     model, dataset, None, args.batch_size, args.verbose
                 )
             ]
-    except coco_eval.EvaluationError as error:
+    except DiprError as error:
         return _fail(str(error))
     print(
         f"{len(dataset.persons)} persons from {annotations}; "

@@ -1,9 +1,10 @@
 """COCO keypoint evaluation of an exported ONNX pose model, run with onnxruntime on the CPU.
 
-It measures what is served: the ONNX file, not the PyTorch module it came from. Every non-crowd
-person annotation with labelled keypoints is cropped from its ground-truth box (padding 1.25,
-`dipr.service.crops`), the crops go through the model in batches, and the three keypoint outputs
-come back to image pixels through each crop's inverse affine. Three methods, side by side:
+It measures what is served: the ONNX file, not the PyTorch module it came from. Every person of
+the set (`dipr.core.coco`) is cropped from its ground-truth box (padding 1.25) with the service's
+own preparation (`dipr.core.prepare`), the crops go through the model in batches, and the three
+keypoint outputs come back to image pixels through each crop's inverse affine. Three methods, side
+by side:
 
 - official: MoveNet's published decode (`keypoints_official`);
 - raw: the uncorrected soft-argmax (`keypoints_raw`);
@@ -11,11 +12,12 @@ come back to image pixels through each crop's inverse affine. Three methods, sid
 
 All three use the `scores` output. Metrics per method: COCO keypoint AP / AP50 / AP75
 (pycocotools, one prediction per ground-truth person, detection score = mean keypoint score),
-mean OKS per person against its own ground truth, and mean pixel error over labelled keypoints.
+mean OKS per person against its own ground truth, and mean pixel error over labelled keypoints
+(`Accuracy`).
 
-Coordinates: the model and `service.crops` use pixel *index* coordinates (centre of the first
-pixel = 0); COCO uses continuous ones (pixel edges at integers, centre of the first pixel = 0.5).
-Predictions are shifted by +0.5 before they meet COCO ground truth.
+Coordinates: the model and the crops use pixel *index* coordinates (centre of the first pixel = 0);
+COCO uses continuous ones (pixel edges at integers, centre of the first pixel = 0.5): predictions
+go through `dipr.core.coco.to_coco` before they meet COCO ground truth.
 """
 
 import contextlib
@@ -33,18 +35,17 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from dipr.export import contract
+from dipr.core import contract
+from dipr.core.coco import PERSON_CATEGORY, KeypointSet, LabelledPerson, to_coco
+from dipr.core.contract import ModelInfo, describe
+from dipr.core.crops import PADDING, Crop
+from dipr.core.errors import DiprError
+from dipr.core.prepare import prepare_image
 from dipr.models.regions import Region
-from dipr.service.crops import PADDING, Crop
-from dipr.service.errors import ServiceError
-from dipr.service.preprocess import prepare_image
 
-# Index coordinates (ours) → COCO continuous coordinates.
-INDEX_TO_COCO = 0.5
 # COCO's per-keypoint OKS sigmas (pycocotools' COCOeval.Params.kpt_oks_sigmas), in COCO order.
 COCO_SIGMAS = np.array([26, 25, 25, 35, 35, 79, 79, 72, 72, 62, 62, 107, 107, 87, 87, 89, 89]) / 1e3
 MIN_OKS_KEYPOINTS = 5  # mean OKS only over persons with this many labelled keypoints
-PERSON_CATEGORY = 1
 T = TypeVar("T")
 
 # Method name → the ONNX output holding its keypoints.
@@ -68,58 +69,20 @@ SWEEP_REGIONS: tuple[tuple[Region, int], ...] = (
 OFFICIAL_FROM: tuple[float, Region, int] = (10.0, "person", 11)
 
 
-class EvaluationError(Exception):
+class EvaluationError(DiprError):
     """A problem with the inputs (data, images, model) that the user must fix."""
 
 
 @dataclass(frozen=True)
-class Person:
-    """One ground-truth person: its annotation id, image, box and keypoints (COCO coordinates)."""
-
-    annotation_id: int
-    image_id: int
-    box_xyxy: tuple[float, float, float, float]
-    keypoints: np.ndarray  # [17, 3] (x, y, v), continuous coordinates, v = 0 when not labelled
-    area: float
-
-    @property
-    def labelled(self) -> np.ndarray:
-        return self.keypoints[:, 2] > 0
-
-
-@dataclass(frozen=True)
-class Dataset:
-    coco: dict[str, Any]  # the annotation file as loaded, for pycocotools
-    persons: tuple[Person, ...]
-    image_paths: dict[int, Path]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    path: Path
-    name: str
-    beta: str
-    region: str
-    window: str
-    input_size: tuple[int, int]  # (width, height)
-    methods: tuple[str, ...]  # the methods this model's outputs allow
-
-    @property
-    def description(self) -> str:
-        window = f" k={self.window}" if self.window else ""
-        return f"{self.name} β={self.beta} {self.region}{window}"
-
-
-@dataclass(frozen=True)
 class Predictions:
-    """Per person, in `Dataset.persons` order: keypoints per method in COCO coordinates."""
+    """Per person, in `KeypointSet.persons` order: keypoints per method in COCO coordinates."""
 
     keypoints: dict[str, np.ndarray]  # method → [P, 17, 2]
     scores: np.ndarray  # [P, 17]
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Accuracy:
     mean_oks: float
     ap: float
     ap50: float
@@ -135,129 +98,59 @@ class Row:
     model: str  # description
     path: str
     method: str
-    metrics: Metrics
+    accuracy: Accuracy
 
     def as_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "path": self.path,
             "method": self.method,
-            **asdict(self.metrics),
+            **asdict(self.accuracy),
         }
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-def load_dataset(annotations: Path, images: Path) -> Dataset:
-    """The persons to evaluate: non-crowd person annotations with at least one labelled keypoint."""
-    if not annotations.is_file():
-        raise EvaluationError(f"annotations file not found: {annotations}")
-    try:
-        coco = json.loads(annotations.read_text())
-    except json.JSONDecodeError as error:
-        raise EvaluationError(f"annotations file {annotations} is not JSON: {error}") from error
-    # Grouped by image so that each image is decoded once, and in a reproducible order.
-    persons = tuple(
-        sorted(
-            (_person(a) for a in coco.get("annotations", []) if _evaluable(a)),
-            key=lambda p: (p.image_id, p.annotation_id),
-        )
-    )
-    if not persons:
-        raise EvaluationError(f"no person annotations with keypoints in {annotations}")
-    paths = {int(i["id"]): images / i["file_name"] for i in coco.get("images", [])}
-    missing = sorted(
-        {
-            str(paths.get(p.image_id, p.image_id))
-            for p in persons
-            if p.image_id not in paths or not paths[p.image_id].is_file()
-        }
-    )
-    if missing:
-        raise EvaluationError(f"missing image(s): {', '.join(missing)}")
-    return Dataset(coco=coco, persons=persons, image_paths=paths)
-
-
-def _evaluable(annotation: dict[str, Any]) -> bool:
-    return (
-        annotation.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
-        and not annotation.get("iscrowd", 0)
-        and annotation.get("num_keypoints", 0) > 0
-    )
-
-
-def _person(annotation: dict[str, Any]) -> Person:
-    x, y, w, h = (float(v) for v in annotation["bbox"])
-    return Person(
-        annotation_id=int(annotation["id"]),
-        image_id=int(annotation["image_id"]),
-        box_xyxy=(x, y, x + w, y + h),
-        keypoints=np.asarray(annotation["keypoints"], dtype=np.float64).reshape(-1, 3),
-        area=float(annotation["area"]),
-    )
 
 
 # --- model ---------------------------------------------------------------------------------------
 
 
 def open_model(path: Path) -> tuple[ort.InferenceSession, ModelInfo]:
-    """A CPU session and what the metadata says about the model; fails on a broken contract."""
+    """A CPU session and what the model is; fails on a broken contract."""
     if not path.is_file():
         raise EvaluationError(f"model not found: {path}")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own pybind types for unreadable files
         raise EvaluationError(f"cannot load {path} with onnxruntime: {error}") from error
-    outputs = {o.name for o in session.get_outputs()}
-    missing = [name for name in contract.REQUIRED_OUTPUTS if name not in outputs]
-    if missing or contract.INPUT not in {i.name for i in session.get_inputs()}:
-        raise EvaluationError(
-            f"{path} does not follow the dipr ONNX contract: missing output(s) "
-            f"{', '.join(missing) or '-'} or input {contract.INPUT!r}"
-        )
-    meta = session.get_modelmeta().custom_metadata_map
-    info = ModelInfo(
-        path=path,
-        name=meta.get(contract.NAME, path.stem),
-        beta=meta.get(contract.BETA, "?"),
-        region=meta.get(contract.REGION, "?"),
-        window=meta.get(contract.WINDOW, ""),
-        input_size=_input_size(session, meta, path),
-        # keypoints_official is optional in the contract: without it, (a) cannot be evaluated.
-        methods=tuple(m for m, output in METHODS.items() if output in outputs),
-    )
-    return session, info
+    try:
+        return session, describe(session)
+    except DiprError as error:
+        raise EvaluationError(f"{path} does not follow the dipr ONNX contract: {error}") from error
 
 
-def _input_size(session: ort.InferenceSession, meta: dict[str, str], path: Path) -> tuple[int, int]:
-    if contract.INPUT_SIZE in meta:
-        width, height = json.loads(meta[contract.INPUT_SIZE])
-        return int(width), int(height)
-    shape = next(i.shape for i in session.get_inputs() if i.name == contract.INPUT)
-    if isinstance(shape[1], int) and isinstance(shape[2], int):  # [N, H, W, 3]
-        return shape[2], shape[1]
-    raise EvaluationError(f"{path}: no {contract.INPUT_SIZE} metadata and no static input shape")
+def methods_of(model: ModelInfo) -> tuple[str, ...]:
+    """The methods a model's outputs allow (keypoints_official is optional in the contract:
+    without it, (a) cannot be evaluated)."""
+    return tuple(method for method, output in METHODS.items() if output in model.outputs)
 
 
 def predict(
-    session: ort.InferenceSession, info: ModelInfo, dataset: Dataset, batch_size: int = 16
+    session: ort.InferenceSession, model: ModelInfo, dataset: KeypointSet, batch_size: int = 16
 ) -> Predictions:
     """Crop every person, run the crops through ORT in batches, map keypoints back to COCO."""
-    names = [METHODS[m] for m in info.methods] + [contract.SCORES]
+    methods = methods_of(model)
+    names = [METHODS[m] for m in methods] + [contract.SCORES]
     crops: list[Crop] = []
     chunks: list[list[np.ndarray]] = []
     # Streamed batch by batch, so that a full COCO split never sits in memory as crops.
-    for batch in _batches(_crops(dataset, info.input_size), batch_size):
+    for batch in _batches(_crops(dataset, model.input_size), batch_size):
         crops += [crop for crop, _ in batch]
         inputs = np.stack([pixels for _, pixels in batch])
         chunks.append(session.run(names, {contract.INPUT: inputs}))
     outputs = {name: np.concatenate([c[j] for c in chunks]) for j, name in enumerate(names)}
-    keypoints = {m: _to_coco(outputs[METHODS[m]], crops) for m in info.methods}
+    keypoints = {m: _to_coco(outputs[METHODS[m]], crops) for m in methods}
     return Predictions(keypoints=keypoints, scores=outputs[contract.SCORES].astype(np.float64))
 
 
-def _crops(dataset: Dataset, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
+def _crops(dataset: KeypointSet, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
     """One crop and its network input per person, in order, prepared exactly as the service
     prepares an image with these boxes (persons are grouped by image: each is decoded once)."""
     for image_id, group in itertools.groupby(dataset.persons, key=lambda p: p.image_id):
@@ -267,14 +160,14 @@ def _crops(dataset: Dataset, input_size: tuple[int, int]) -> Iterator[tuple[Crop
             prepared = prepare_image(
                 path.read_bytes(),
                 None,
-                [p.box_xyxy for p in persons],
+                [p.box for p in persons],
                 input_size,
                 padding=PADDING,
                 max_pixels=2**40,
             )
-        except ServiceError as error:
+        except DiprError as error:
             raise EvaluationError(f"{path}: {error.message}") from error
-        yield from zip(prepared.crops, prepared.inputs, strict=True)
+        yield from zip(prepared.cropped.crops, prepared.cropped.inputs, strict=True)
 
 
 def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
@@ -287,7 +180,7 @@ def _to_coco(points: np.ndarray, crops: Sequence[Crop]) -> np.ndarray:
     image = np.stack(
         [crop.to_image(p.astype(np.float64)) for p, crop in zip(points, crops, strict=True)]
     )
-    return image + INDEX_TO_COCO
+    return to_coco(image)
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -307,7 +200,7 @@ def oks(predicted: np.ndarray, ground_truth: np.ndarray, area: float) -> float:
     return float(np.exp(-e)[labelled].mean())
 
 
-def mean_oks(persons: Sequence[Person], keypoints: np.ndarray) -> tuple[float, int]:
+def mean_oks(persons: Sequence[LabelledPerson], keypoints: np.ndarray) -> tuple[float, int]:
     """Mean OKS over persons with ≥ MIN_OKS_KEYPOINTS labelled keypoints, and their count."""
     values = [
         oks(k, p.keypoints, p.area)
@@ -317,7 +210,7 @@ def mean_oks(persons: Sequence[Person], keypoints: np.ndarray) -> tuple[float, i
     return (float(np.mean(values)) if values else float("nan")), len(values)
 
 
-def mean_pixel_error(persons: Sequence[Person], keypoints: np.ndarray) -> float:
+def mean_pixel_error(persons: Sequence[LabelledPerson], keypoints: np.ndarray) -> float:
     """Mean Euclidean distance to ground truth over every labelled keypoint, image pixels."""
     distances = [
         np.linalg.norm(k - p.keypoints[:, :2], axis=1)[p.labelled]
@@ -327,7 +220,7 @@ def mean_pixel_error(persons: Sequence[Person], keypoints: np.ndarray) -> float:
 
 
 def coco_ap(
-    dataset: Dataset, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
+    dataset: KeypointSet, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
 ) -> tuple[float, float, float]:
     """pycocotools keypoint AP, AP50, AP75 with one prediction per ground-truth person."""
     try:  # the `eval` extra; only this function needs it
@@ -349,7 +242,7 @@ def coco_ap(
     return ap, ap50, ap75
 
 
-def _result(person: Person, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+def _result(person: LabelledPerson, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     # Detection score = mean keypoint score: ranks confident poses first, as a detector would;
     # a constant 1.0 would leave COCOeval's ranking (and so AP) to list order.
     triplets = np.concatenate([keypoints, np.ones((len(keypoints), 1))], axis=1)
@@ -388,12 +281,12 @@ def _quiet_export(enabled: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def metrics(
-    dataset: Dataset, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
-) -> Metrics:
+def accuracy(
+    dataset: KeypointSet, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
+) -> Accuracy:
     ap, ap50, ap75 = coco_ap(dataset, keypoints, scores, verbose)
     mean, count = mean_oks(dataset.persons, keypoints)
-    return Metrics(
+    return Accuracy(
         mean_oks=mean,
         ap=ap,
         ap50=ap50,
@@ -408,28 +301,28 @@ def metrics(
 
 def evaluate_model(
     path: Path,
-    dataset: Dataset,
+    dataset: KeypointSet,
     methods: Sequence[str] | None = None,
     batch_size: int = 16,
     verbose: bool = False,
 ) -> list[Row]:
     """One row per method (all the model offers, or those of `methods` it offers)."""
-    session, info = open_model(path)
-    predictions = predict(session, info, dataset, batch_size)
-    chosen = [m for m in info.methods if methods is None or m in methods]
+    session, model = open_model(path)
+    predictions = predict(session, model, dataset, batch_size)
+    chosen = [m for m in methods_of(model) if methods is None or m in methods]
     return [
         Row(
-            model=info.description,
+            model=model.description,
             path=str(path),
             method=m,
-            metrics=metrics(dataset, predictions.keypoints[m], predictions.scores, verbose),
+            accuracy=accuracy(dataset, predictions.keypoints[m], predictions.scores, verbose),
         )
         for m in chosen
     ]
 
 
 def sweep(
-    dataset: Dataset,
+    dataset: KeypointSet,
     batch_size: int = 16,
     verbose: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -490,7 +383,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
         "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|",
     ]
     for row in rows:
-        m = row.metrics
+        m = row.accuracy
         cells = [
             row.model,
             row.method,

@@ -2,42 +2,32 @@
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from dipr.models.movenet.variants import VARIANTS
 from dipr.models.regions import REGIONS
-from dipr.models.simplebaseline.variants import (
-    ARCH_PREFIX,
-    ARCHS,
-    DEBIAS_MODES,
-    MMPOSE_PRESETS,
-    parse_input_size,
+from dipr.models.registry import (
+    DEFAULT_EXPORT_ARCH,
+    MOVENET_VARIANTS,
+    NAMES,
+    Architecture,
+    architecture,
+    movenet_variant,
 )
+from dipr.models.simplebaseline.variants import DEBIAS_MODES, MMPOSE_PRESETS, input_size_argument
 
-DEFAULT_OUTPUT = Path(__file__).parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
-DEFAULT_PARITY_IMAGES = Path(__file__).parents[1] / "tests" / "fixtures" / "photos"
-MOVENET_ARCHS = tuple(f"movenet-{variant}" for variant in sorted(VARIANTS))
-# Worst keypoint difference ORT vs PyTorch allowed, in input pixels.
-TOLERANCE_FP32 = 0.01
-TOLERANCE_FP16 = 0.5
-
-
-def _input_size(text: str) -> tuple[int, int]:
-    try:
-        return parse_input_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+DEFAULT_PARITY_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help=__doc__, description=__doc__)
     parser.add_argument(
         "--arch",
-        choices=MOVENET_ARCHS + ARCHS,
+        choices=NAMES,
         help="network (default: movenet-<variant>)",
     )
     parser.add_argument(
-        "--variant", choices=sorted(VARIANTS), help="MoveNet variant (default: thunder)"
+        "--variant", choices=MOVENET_VARIANTS, help="MoveNet variant (default: thunder)"
     )
     parser.add_argument("--weights", type=Path, help="MoveNet safetensors (default: committed)")
     parser.add_argument(
@@ -47,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--input-size",
-        type=_input_size,
+        type=input_size_argument,
         metavar="WxH",
         help="SimpleBaseline input width x height, multiples of 32 (default: the checkpoint's; "
         "MMPose's '256x192' configs are 192x256)",
@@ -88,20 +78,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _architecture(args: argparse.Namespace) -> str:
-    if args.arch is None:
-        return f"movenet-{args.variant or 'thunder'}"
-    if args.variant is not None and args.arch != f"movenet-{args.variant}":
+def _architecture(args: argparse.Namespace) -> Architecture:
+    """--arch, or the MoveNet that --variant names (its older spelling)."""
+    if args.variant is None:
+        return architecture(args.arch or DEFAULT_EXPORT_ARCH)
+    named = movenet_variant(args.variant)
+    if args.arch is not None and args.arch != named.name:
         raise ValueError(f"--variant {args.variant} contradicts --arch {args.arch}")
-    return str(args.arch)
+    return named
 
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `dipr serve` never loads torch.
     from dipr.export.onnx_export import (
+        TOLERANCE_FP16,
+        TOLERANCE_FP32,
         ExportOptions,
+        ParityError,
         build_pose_model,
+        check_parity,
         export_onnx,
+        export_request,
         load_parity_images,
         parity,
         pose_input_size,
@@ -110,12 +107,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         arch = _architecture(args)
-        simplebaseline = arch.startswith(ARCH_PREFIX)
-        if simplebaseline and (args.region not in (None, "global") or args.window is not None):
-            raise ValueError("SimpleBaseline debiases over the whole map: drop --region/--window")
+        options = ExportOptions(
+            arch=arch.name,
+            beta=args.beta,
+            region=args.region,
+            window=args.window,
+            weights=args.weights,
+            checkpoint=args.checkpoint,
+            input_size=args.input_size,
+            debias=args.debias,
+            mmpose_config=args.mmpose_config,
+            fp16=args.fp16,
+            version=args.model_version,
+        )
+        export_request(options)  # refuses what this architecture does not take, before writing
     except ValueError as error:
         return _fail(str(error))
-    output: Path = args.output or DEFAULT_OUTPUT.with_name(f"{arch}.onnx")
+    output: Path = args.output or arch.default_onnx
     if output.exists() and output.is_dir():
         return _fail(f"output {output} is a directory")
     try:
@@ -124,19 +132,6 @@ def run(args: argparse.Namespace) -> int:
             pass
     except OSError as error:
         return _fail(f"cannot write {output}: {error.strerror}")
-    options = ExportOptions(
-        arch=arch,
-        beta=args.beta,
-        region="global" if simplebaseline else (args.region or "person"),
-        window=7 if args.window is None else args.window,
-        weights=args.weights,
-        checkpoint=args.checkpoint,
-        input_size=args.input_size,
-        debias=args.debias,
-        mmpose_config=args.mmpose_config,
-        fp16=args.fp16,
-        version=args.model_version,
-    )
     try:
         pose, metadata = build_pose_model(options)
     except (FileNotFoundError, ValueError, CheckpointError) as error:
@@ -149,12 +144,14 @@ def run(args: argparse.Namespace) -> int:
     tolerance = TOLERANCE_FP16 if args.fp16 else TOLERANCE_FP32
     if args.fp16:
         # fp16 is judged against the fp32 PyTorch network: that is what it approximates.
-        pose = build_pose_model(ExportOptions(**{**options.__dict__, "fp16": False}))[0]
+        pose = build_pose_model(replace(options, fp16=False))[0]
     worst = parity(pose, output, images)
     for batch, difference in worst.items():
         print(f"parity batch {batch}: max |ORT - PyTorch| = {difference:.2e} px")
-    if max(worst.values()) > tolerance:
-        return _fail(f"parity failed: {max(worst.values()):.3g} px > {tolerance} px")
+    try:
+        check_parity(worst, tolerance)
+    except ParityError as error:
+        return _fail(str(error))
     print(f"parity ok (tolerance {tolerance} px)")
     return 0
 

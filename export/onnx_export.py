@@ -2,12 +2,14 @@
 
 Architectures: `movenet-thunder`, `movenet-lightning` (the embedded weights, or a `dipr train`
 fine-tuning checkpoint) and `simplebaseline-res{18,34,50,101,152}` (a `dipr train` checkpoint or
-an MMPose checkpoint). Every one writes the same contract (`dipr.export.contract`).
+an MMPose checkpoint), as their records in `dipr.models.registry` say. Every one writes the
+same contract (`dipr.core.contract`).
 """
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -15,49 +17,35 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
-from dipr.export import contract
-from dipr.models.checkpoints import is_train_checkpoint
-from dipr.models.keypoints import COCO_KEYPOINTS, COCO_SKELETON
+from dipr.core import contract
+from dipr.core.keypoints import COCO_KEYPOINTS, COCO_SKELETON
 from dipr.models.movenet.pose import MoveNetPose
-from dipr.models.movenet.variants import VARIANTS
-from dipr.models.movenet.weights import default_weights, load_movenet
 from dipr.models.regions import Region
-from dipr.models.simplebaseline.heads import SCORE_WINDOW
-from dipr.models.simplebaseline.pose import SimpleBaselinePose
-from dipr.models.simplebaseline.variants import (
-    ARCH_PREFIX,
-    DebiasMode,
-    arch_depth,
-    check_input_size,
+from dipr.models.registry import (
+    DEFAULT_WINDOW,
+    Architecture,
+    BuiltPose,
+    ExportRequest,
+    architecture,
+    movenet_variant,
 )
-from dipr.models.simplebaseline.weights import load_simplebaseline, resolve_mmpose_config
+from dipr.models.simplebaseline.pose import SimpleBaselinePose
+from dipr.models.simplebaseline.variants import DebiasMode
 
 OPSET = 18  # torch.logsumexp exported at opset 17 gave an invalid model
-MOVENET_PREFIX = "movenet-"
-MOVENET_ARCHS: tuple[str, ...] = tuple(f"{MOVENET_PREFIX}{v}" for v in sorted(VARIANTS))
-DEFAULT_MOVENET_BETA = 5.0
-SCORE_MEANING = (
-    "MoveNet keypoint confidence: the sigmoid heatmap at the joint's decoded cell, "
-    "the network's probability that the joint is visible there; 0 where the "
-    "debiasing was ill-conditioned and the raw estimate was used"
-)
-SIMPLEBASELINE_SCORE_MEANING = (
-    f"share of the softmax(beta*H) mass within the {SCORE_WINDOW}x{SCORE_WINDOW} heatmap cells "
-    "around the map's arg-max: the probability the network's own distribution puts near its "
-    "mode (high for one sharp peak, low for flat or multi-modal maps); 0 where the correction "
-    "was ill-conditioned and the raw estimate was used"
-)
+# Worst keypoint difference ORT vs PyTorch allowed, in input pixels.
+TOLERANCE_FP32 = 0.01
+TOLERANCE_FP16 = 0.5
 PoseModule = MoveNetPose | SimpleBaselinePose
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     variant: str = "thunder"  # MoveNet variant when `arch` is None
-    beta: float | None = None  # None: MoveNet 5; SimpleBaseline: what it was trained with
-    region: Region = "person"  # MoveNet only; SimpleBaseline debiases over the whole map
-    window: int = 7
+    beta: float | None = None  # None: the architecture's (MoveNet 5), or the trained one
+    region: Region | None = None  # None: the architecture's default (MoveNet: person)
+    window: int | None = None  # None: 7, where the region has a window
     weights: Path | None = None  # MoveNet safetensors (default: the committed ones)
     fp16: bool = False
     version: str = "1"
@@ -68,136 +56,87 @@ class ExportOptions:
     mmpose_config: str | None = None  # preset name or MMPose config file
 
     @property
-    def resolved_arch(self) -> str:
-        return self.arch or f"{MOVENET_PREFIX}{self.variant}"
+    def architecture(self) -> Architecture:
+        """Its registry record; ValueError for an unknown name."""
+        return architecture(self.arch) if self.arch else movenet_variant(self.variant)
+
+
+def export_request(options: ExportOptions) -> ExportRequest:
+    """What to ask the architecture's builder for, its defaults filled in; ValueError for options
+    that do not apply to it."""
+    arch = options.architecture
+    arch.check_options(
+        region=options.region,
+        window=options.window,
+        input_size=options.input_size,
+        debias=options.debias,
+        weights=options.weights,
+        checkpoint=options.checkpoint,
+        mmpose_config=options.mmpose_config,
+    )
+    source = options.checkpoint or options.weights or arch.weights
+    if source is None:
+        mmpose = " or an MMPose .pth" if arch.takes_mmpose_config else ""
+        raise ValueError(
+            f"{arch.name} has no embedded weights: pass --checkpoint (a `dipr train` "
+            f"checkpoint{mmpose})"
+        )
+    region = options.region or arch.default_region
+    window = None
+    if region != "global":
+        window = DEFAULT_WINDOW if options.window is None else options.window
+    return ExportRequest(
+        source=source,
+        beta=options.beta,
+        region=region,
+        window=window,
+        input_size=options.input_size,
+        debias=options.debias or arch.debias_modes[0],
+        mmpose_config=options.mmpose_config,
+        fp16=options.fp16,
+    )
 
 
 def build_pose_model(options: ExportOptions) -> tuple[PoseModule, dict[str, str]]:
-    """The deployable network and the metadata that describes it."""
-    arch = options.resolved_arch
-    if arch.startswith(ARCH_PREFIX):
-        return _build_simplebaseline(options, arch)
-    if arch not in MOVENET_ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}")
-    return _build_movenet(replace(options, variant=arch[len(MOVENET_PREFIX) :]))
+    """The deployable network and the metadata that describes it; ValueError for options that do
+    not apply to its architecture."""
+    arch = options.architecture
+    request = export_request(options)
+    built = arch.build_for_export(request)
+    return built.pose, _metadata(arch, options, request, built)
 
 
-def _common_metadata(name: str, options: ExportOptions, size: tuple[int, int]) -> dict[str, str]:
+def _metadata(
+    arch: Architecture, options: ExportOptions, request: ExportRequest, built: BuiltPose
+) -> dict[str, str]:
     return {
-        contract.NAME: name,
+        contract.NAME: arch.name,
         contract.VERSION: options.version,
-        contract.INPUT_SIZE: json.dumps(list(size)),
+        contract.INPUT_SIZE: json.dumps(list(built.input_size)),
         contract.KEYPOINT_NAMES: json.dumps(list(COCO_KEYPOINTS)),
         contract.SKELETON: json.dumps([list(limb) for limb in COCO_SKELETON]),
-        contract.PRECISION: "fp16" if options.fp16 else "fp32",
+        contract.PRECISION: "fp16" if request.fp16 else "fp32",
+        contract.BETA: repr(float(built.beta)),
+        contract.REGION: request.region,
+        contract.WINDOW: "" if request.window is None else str(request.window),
+        contract.DEBIAS: "false" if request.debias == "none" else "true",
+        contract.DEBIAS_MODE: request.debias,
+        contract.COORDINATES: built.coordinates,
+        contract.TRAINED_DEBIAS: built.trained_debias,
+        contract.SCORE_MEANING: built.score_meaning,
+        contract.SOURCE_WEIGHTS: request.source.name,
+        contract.SOURCE_SHA256: hashlib.sha256(request.source.read_bytes()).hexdigest(),
     }
 
 
-def _source(path: Path) -> dict[str, str]:
-    return {
-        contract.SOURCE_WEIGHTS: path.name,
-        contract.SOURCE_SHA256: hashlib.sha256(path.read_bytes()).hexdigest(),
-    }
-
-
-def _build_movenet(options: ExportOptions) -> tuple[MoveNetPose, dict[str, str]]:
-    if options.debias not in (None, "paper"):
-        raise ValueError("MoveNet's head supports --debias paper only")
-    if options.input_size is not None:
-        raise ValueError("MoveNet's input size is fixed by its variant; drop --input-size")
-    if options.mmpose_config is not None:
-        raise ValueError("--mmpose-config applies to SimpleBaseline checkpoints only")
-    if options.weights is not None and options.checkpoint is not None:
-        raise ValueError("give MoveNet --weights or --checkpoint, not both")
-    weights = options.checkpoint or options.weights or default_weights(options.variant)
-    network = load_movenet(options.variant, weights)
-    fine_tuned = weights.is_file() and is_train_checkpoint(weights)
-    if options.fp16:
-        network = network.half()
-    beta = DEFAULT_MOVENET_BETA if options.beta is None else options.beta
-    pose = MoveNetPose(network, beta, options.region, options.window).eval()
-    size = VARIANTS[options.variant].input_size
-    metadata = {
-        **_common_metadata(VARIANTS[options.variant].name, options, (size, size)),
-        contract.BETA: repr(beta),
-        contract.REGION: options.region,
-        contract.WINDOW: "" if pose.window is None else str(pose.window),
-        contract.DEBIAS: "true",
-        contract.DEBIAS_MODE: "paper",
-        contract.COORDINATES: "dipr",
-        # Google trained MoveNet on heatmaps; `dipr train` fine-tunes it through this head.
-        contract.TRAINED_DEBIAS: "paper" if fine_tuned else "none",
-        contract.SCORE_MEANING: SCORE_MEANING,
-        **_source(weights),
-    }
-    return pose, metadata
-
-
-def _build_simplebaseline(
-    options: ExportOptions, arch: str
-) -> tuple[SimpleBaselinePose, dict[str, str]]:
-    depth = arch_depth(arch)
-    if options.checkpoint is None:
-        raise ValueError(
-            f"{arch} has no embedded weights: pass --checkpoint (a `dipr train` checkpoint or an "
-            "MMPose .pth)"
-        )
-    if options.weights is not None:
-        raise ValueError("--weights is for MoveNet; pass the SimpleBaseline file as --checkpoint")
-    loaded = load_simplebaseline(
-        depth, options.checkpoint, resolve_mmpose_config(options.mmpose_config)
-    )
-    size = options.input_size or loaded.input_size
-    if size is None:
-        raise ValueError(
-            f"{options.checkpoint.name} does not say its input size: pass --input-size WxH "
-            "(e.g. 192x256 for MMPose's 256x192 configs) or --mmpose-config"
-        )
-    check_input_size(size)
-    if loaded.source == "mmpose" and loaded.input_size and size != loaded.input_size:
-        # Its head normalised coordinates by this heatmap size: another size changes the maps.
-        raise ValueError(
-            f"{options.checkpoint.name} was trained at {loaded.input_size[0]}x"
-            f"{loaded.input_size[1]} (its head's linspaces), not {size[0]}x{size[1]}"
-        )
-    beta = options.beta if options.beta is not None else loaded.beta
-    if beta is None:
-        raise ValueError(
-            f"{options.checkpoint.name}: an MMPose integral checkpoint does not hold its softmax "
-            "β; pass --mmpose-config (ipr_res50, ipr_res50_dsnt, ipr_res50_debias or the config "
-            "file) or --beta (1 for ipr_res50 and ipr_res50_dsnt, 10 for ipr_res50_debias)"
-        )
-    debias = options.debias or "paper"
-    network = loaded.network.half() if options.fp16 else loaded.network
-    pose = SimpleBaselinePose(network, size, beta, debias, loaded.coordinates).eval()
-    metadata = {
-        **_common_metadata(arch, options, size),
-        contract.BETA: repr(float(beta)),
-        contract.REGION: "global",
-        contract.WINDOW: "",
-        contract.DEBIAS: "false" if debias == "none" else "true",
-        contract.DEBIAS_MODE: debias,
-        contract.COORDINATES: loaded.coordinates,
-        contract.TRAINED_DEBIAS: loaded.trained_debias or "",
-        contract.SCORE_MEANING: SIMPLEBASELINE_SCORE_MEANING,
-        **_source(options.checkpoint),
-    }
-    return pose, metadata
-
-
-def pose_input_size(pose: nn.Module) -> tuple[int, int]:
+def pose_input_size(pose: PoseModule) -> tuple[int, int]:
     """(width, height) of a deployable model's input."""
-    if isinstance(pose, SimpleBaselinePose):
-        width, height = pose.input_size
-        return int(width), int(height)
-    size = pose.network.config.input_size
-    return size, size
+    width, height = pose.input_size
+    return int(width), int(height)
 
 
-def output_names(pose: nn.Module) -> tuple[str, ...]:
-    if isinstance(pose, SimpleBaselinePose):
-        return pose.output_names
-    return pose_output_names()
+def output_names(pose: PoseModule) -> tuple[str, ...]:
+    return pose.output_names
 
 
 def export_onnx(pose: PoseModule, metadata: dict[str, str], path: Path) -> onnx.ModelProto:
@@ -226,16 +165,6 @@ def export_onnx(pose: PoseModule, metadata: dict[str, str], path: Path) -> onnx.
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return model
-
-
-def pose_output_names() -> tuple[str, ...]:
-    """MoveNet's outputs (SimpleBaseline has no `keypoints_official`): see `output_names`."""
-    return (
-        contract.KEYPOINTS,
-        contract.SCORES,
-        contract.KEYPOINTS_RAW,
-        contract.KEYPOINTS_OFFICIAL,
-    )
 
 
 def load_parity_images(folder: Path, size: int | tuple[int, int], count: int) -> np.ndarray:
@@ -273,8 +202,21 @@ def parity(
         with torch.no_grad():
             expected = pose(torch.from_numpy(chunk))
         got = dict(zip(names, session.run(list(names), {contract.INPUT: chunk}), strict=True))
-        worst[batch] = max(
-            float(np.abs(got[name] - getattr(expected, name).numpy()).max())
-            for name in keypoint_outputs
-        )
+        differences = [
+            np.abs(got[name] - getattr(expected, name).numpy()).max() for name in keypoint_outputs
+        ]
+        worst[batch] = float(np.max(differences))  # np.max keeps a NaN, which max() can drop
     return worst
+
+
+class ParityError(Exception):
+    """The exported model does not compute what the PyTorch network computes."""
+
+
+def check_parity(worst: dict[int, float], tolerance: float) -> None:
+    """Refuse an export whose worst keypoint difference at any batch size (`parity`'s result, in
+    input pixels) exceeds `tolerance`."""
+    # A NaN (a broken graph) ranks worst and fails: `nan > tolerance` alone would let it pass.
+    largest = max(worst.values(), key=lambda d: math.inf if math.isnan(d) else d)
+    if not largest <= tolerance:
+        raise ParityError(f"parity failed: {largest:.3g} px > {tolerance} px")

@@ -1,4 +1,4 @@
-"""Heatmap cells ↔ network-input pixels.
+"""Heatmap cells → network-input pixels.
 
 Both use index coordinates: the centre of the first pixel (or cell) is 0. A cell j of a map at
 stride s covers input pixels s·j … s·j + s − 1, whose centre is s·j + (s − 1)/2 = (j + 0.5)·s − 0.5.
@@ -7,7 +7,8 @@ to the crop's outer edges (MoveNet's published output) map as u·size − 0.5.
 
 Networks trained by MMPose learned another mapping, j·s − 0.5 (see
 `mmpose_heatmap_to_input_pixels`): a SimpleBaseline imported from MMPose keeps it, one trained by
-`dipr train` uses the cell-centre mapping above, in its targets and at export alike.
+`dipr train` uses the cell-centre mapping above, in training (its loss compares the deployable
+head's input-pixel output with the targets) and at export alike.
 """
 
 from torch import Tensor
@@ -21,12 +22,6 @@ def heatmap_to_input_pixels(coords: Tensor, stride: int) -> Tensor:
 def normalized_to_input_pixels(coords: Tensor, size: int) -> Tensor:
     """Coordinates normalised to 0..1 between the input's outer edges → input pixel indices."""
     return coords * size - 0.5
-
-
-def input_pixels_to_heatmap(coords: Tensor, stride: int) -> Tensor:
-    """Inverse of `heatmap_to_input_pixels`: input pixel indices → heatmap index coordinates
-    (the training targets of `dipr train`)."""
-    return (coords + 0.5) / stride - 0.5
 
 
 def mmpose_heatmap_to_input_pixels(coords: Tensor, stride: int) -> Tensor:

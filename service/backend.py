@@ -1,6 +1,5 @@
 """ONNX Runtime: load a model that follows the dipr contract, pick the provider, run batches."""
 
-import json
 import logging
 import os
 import tempfile
@@ -10,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from dipr.export import contract
+from dipr.core import contract
+from dipr.core.contract import ModelInfo, describe
+from dipr.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -19,45 +20,8 @@ CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 
 
-class ModelError(Exception):
-    """The model file is missing or does not follow the contract."""
-
-
 class ProviderUnavailable(Exception):
     """A GPU was asked for (or found) and onnxruntime does not use it: never serve on CPU then."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the service needs to know about a model, read from its ONNX metadata."""
-
-    name: str
-    version: str
-    input_size: tuple[int, int]  # (width, height)
-    keypoint_names: tuple[str, ...]
-    skeleton: tuple[tuple[int, int], ...]
-    debias: bool
-    metadata: dict[str, str]
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> "ModelInfo":
-        try:
-            width, height = (int(v) for v in json.loads(metadata[contract.INPUT_SIZE]))
-            names = tuple(str(n) for n in json.loads(metadata[contract.KEYPOINT_NAMES]))
-            skeleton = tuple((int(a), int(b)) for a, b in json.loads(metadata[contract.SKELETON]))
-            return cls(
-                name=metadata[contract.NAME],
-                version=metadata[contract.VERSION],
-                input_size=(width, height),
-                keypoint_names=names,
-                skeleton=skeleton,
-                debias=metadata[contract.DEBIAS] == "true",
-                metadata=dict(metadata),
-            )
-        except (KeyError, ValueError, TypeError) as error:
-            raise ModelError(f"model metadata does not follow the dipr contract: {error!r}") from (
-                error
-            )
 
 
 @dataclass(frozen=True)
@@ -98,12 +62,11 @@ class TensorrtOptions:
 
 
 def _read_info(path: Path) -> ModelInfo:
-    """The metadata alone, from an unoptimised CPU session (TensorRT's options need the input
-    size before the real session exists)."""
+    """The model's description alone, from an unoptimised CPU session (TensorRT's options need
+    the input size before the real session exists)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=[CPU])
-    return ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map)
+    return describe(ort.InferenceSession(str(path), options, providers=[CPU]))
 
 
 def _providers(
@@ -159,9 +122,8 @@ class OnnxBackend:
                 f"{what} was requested ({provider}) but onnxruntime runs on {self.provider}: "
                 "check the CUDA, cuDNN (and TensorRT) libraries matching onnxruntime-gpu"
             )
-        self._check_contract()
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.info = describe(self.session)
+        self._outputs = list(self.info.outputs)
         self._alongside: ort.InferenceSession | None = None
 
     def add_alongside_session(self, threads: int) -> None:
@@ -172,16 +134,6 @@ class OnnxBackend:
             raise ValueError(f"alongside sessions are for CPU, not {self.provider}")
         options = _session_options(threads)
         self._alongside = ort.InferenceSession(str(self._path), options, providers=[CPU])
-
-    def _check_contract(self) -> None:
-        inputs = self.session.get_inputs()
-        (first, *others) = inputs
-        if others or first.name != contract.INPUT or first.type != "tensor(uint8)":
-            raise ModelError(f"the model must take one uint8 input named {contract.INPUT!r}")
-        outputs = {o.name for o in self.session.get_outputs()}
-        missing = [name for name in contract.REQUIRED_OUTPUTS if name not in outputs]
-        if missing:
-            raise ModelError(f"the model lacks the outputs {missing}")
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """batch: uint8 [N, H, W, 3] → every model output, N rows each."""
@@ -207,6 +159,15 @@ class OnnxBackend:
         values = session.run(self._outputs, {contract.INPUT: batch})
         return dict(zip(self._outputs, values, strict=True))
 
+    def configure_workers(self, workers: int, intra_op_threads: int) -> int:
+        """How many batches run at once (0: 2 on CPU, 1 on GPU). On CPU with several, batches
+        that run side by side get an alongside session with their share of the cores."""
+        workers = workers or (2 if self.provider == CPU else 1)
+        if self.provider == CPU and workers > 1:
+            cores = intra_op_threads or os.cpu_count() or 1
+            self.add_alongside_session(max(1, cores // workers))
+        return workers
+
     def warm_up(self, batch_sizes: list[int], alongside_batch_size: int = 0) -> None:
         """Run every batch size once so that no request pays for first-run allocations (on the
         alongside session only up to the largest batch it will run: its memory grows with it)."""
@@ -216,13 +177,3 @@ class OnnxBackend:
         if self._alongside is not None:
             for size in sorted({min(size, alongside_batch_size) for size in batch_sizes} - {0}):
                 self.infer_alongside(np.zeros((size, height, width, 3), np.uint8))
-
-
-def configure_workers(backend: OnnxBackend, workers: int, intra_op_threads: int) -> int:
-    """How many batches run at once (0: 2 on CPU, 1 on GPU). On CPU with several, batches that
-    run side by side get an alongside session with their share of the cores."""
-    workers = workers or (2 if backend.provider == CPU else 1)
-    if backend.provider == CPU and workers > 1:
-        cores = intra_op_threads or os.cpu_count() or 1
-        backend.add_alongside_session(max(1, cores // workers))
-    return workers

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dipr.service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from dipr.core.errors import DeadlineExceeded, InferenceFailed, Overloaded
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -85,7 +85,6 @@ class Batcher:
         max_queue: int,
         max_delay_s: float = 0.0,
         observer: BatchObserver | None = None,
-        retry_after_s: int = 1,
         workers: int = 1,
         infer_alongside: InferFn | None = None,
     ) -> None:
@@ -103,7 +102,6 @@ class Batcher:
         self.max_queue = max_queue
         self._max_delay = max_delay_s
         self._observer = observer or _NoObserver()
-        self._retry_after = retry_after_s
         self._queue: deque[tuple[_Job, int]] = deque()  # (job, crop index)
         self._cond = threading.Condition()
         self._stopping = False
@@ -147,11 +145,9 @@ class Batcher:
         )
         with self._cond:
             if self._stopping:
-                raise Overloaded("the service is shutting down", self._retry_after)
+                raise Overloaded("the service is shutting down")
             if len(self._queue) + len(crops) > self.max_queue:
-                raise Overloaded(
-                    f"queue full ({len(self._queue)} crops waiting)", self._retry_after
-                )
+                raise Overloaded(f"queue full ({len(self._queue)} crops waiting)")
             self._queue.extend((job, i) for i in range(len(crops)))
             self._observer.queue_depth(len(self._queue))
             self._cond.notify()

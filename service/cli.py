@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dipr.service.logs import logging_config
+    from dipr.service.memory import limit_malloc_arenas
     from dipr.service.settings import Settings
 
+    limit_malloc_arenas()  # before any thread of the service exists
     for flag, variable in FLAG_VARIABLES.items():
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
@@ -60,15 +62,16 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.workers > 1:
         # uvicorn's supervisor runs the workers: plain shutdown, no drain delay.
-        uvicorn.run("dipr.service.app:create_app", factory=True, workers=args.workers, **common)
+        factory = "dipr.service.http.app:create_app"
+        uvicorn.run(factory, factory=True, workers=args.workers, **common)
         return 0
 
-    from dipr.service.app import create_app
+    from dipr.service.http.app import create_app
     from dipr.service.server import DrainingServer
 
     app = create_app(settings)
     server = DrainingServer(
-        uvicorn.Config(app, **common), app.state.service.begin_drain, settings.drain_delay_s
+        uvicorn.Config(app, **common), app.state.runtime.begin_drain, settings.drain_delay_s
     )
     server.run()
     return 0

@@ -36,7 +36,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class Metrics:
+class ServiceMetrics:
     """The service's metrics; also the batcher's observer."""
 
     def __init__(self) -> None:

@@ -1,25 +1,43 @@
-"""One request's way through the model: decode → crops → batcher → inverse affine.
+"""A request's images through a sequence of stages, and what comes out: poses in image pixels.
 
-Nothing here knows HTTP: requests arrive as bytes with their boxes, and leave as plain results.
+A stage is one step of the data flow (decode → crop → pose → back to image pixels; person
+detection goes in as one more). Each image of a request is an `ImageWork` that the stages fill
+in turn. Two kinds:
+
+- `ImageStage`: one image at a time, synchronous. CPU-heavy ones (`offload = True`: decoding,
+  warping) run in a worker thread, off the event loop; consecutive ones share one thread hop.
+- `RequestStage`: every image of the request at once, asynchronous: it waits for shared work
+  (a batch of inference with other requests' crops).
+
+Nothing here knows HTTP or ONNX: requests arrive as bytes with their boxes and leave as results.
 """
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from dipr.export import contract
-from dipr.service.backend import ModelInfo
-from dipr.service.batcher import Batcher
-from dipr.service.preprocess import Box, PreparedImage, prepare_image
+from dipr.core.crops import Box
+from dipr.core.images import DecodedImage
+from dipr.core.prepare import CroppedImage
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ImageInput:
     data: bytes
-    content_type: str | None
+    media_type: str | None  # as declared by the client, normalised (`core.images.media_type`)
     boxes: Sequence[Box] | None  # None: the whole image is one person
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    """Per-request choices."""
+
+    keep_pixels: bool = False  # decode every pixel and return them (for drawing)
 
 
 @dataclass(frozen=True)
@@ -36,59 +54,91 @@ class ImagePoses:
     width: int
     height: int
     persons: list[PersonPose]
-    pixels: np.ndarray | None = None  # the decoded RGB image, when asked for (rendering)
+    pixels: np.ndarray | None = None  # the decoded RGB image, when asked for (drawing)
 
 
-class PosePipeline:
-    def __init__(
-        self,
-        batcher: Batcher,
-        info: ModelInfo,
-        max_image_pixels: int,
-        box_padding: float,
-        reduced_decode: bool = True,
-    ) -> None:
-        self._batcher = batcher
-        self._info = info
-        self._max_pixels = max_image_pixels
-        self._padding = box_padding
-        self._reduced_decode = reduced_decode
+@dataclass
+class ImageWork:
+    """What the stages know of one image so far; each stage reads some fields and sets others."""
 
-    def _prepare(self, image: ImageInput, keep_pixels: bool) -> PreparedImage:
-        """CPU work for one image (runs in a worker thread, off the event loop)."""
-        return prepare_image(
-            image.data,
-            image.content_type,
-            image.boxes,
-            self._info.input_size,
-            padding=self._padding,
-            max_pixels=self._max_pixels,
-            keep_pixels=keep_pixels,
-            reduced_decode=self._reduced_decode,
-        )
+    source: ImageInput
+    options: PoseOptions
+    boxes: Sequence[Box] | None = None  # the persons to crop; None: the whole image
+    decoded: DecodedImage | None = None  # set by decoding
+    cropped: CroppedImage | None = None  # set by cropping
+    pose_outputs: dict[str, np.ndarray] | None = None  # the pose model's rows, one per crop
+    persons: list[PersonPose] = field(default_factory=list)
+
+    def result(self) -> ImagePoses:
+        decoded = required(self.decoded, "decoded")
+        pixels = decoded.pixels if self.options.keep_pixels else None
+        return ImagePoses(decoded.width, decoded.height, self.persons, pixels)
+
+
+def required(value: T | None, name: str) -> T:
+    """A field an earlier stage sets: its absence is a pipeline assembled in the wrong order."""
+    if value is None:
+        raise RuntimeError(f"no stage before this one set `{name}`")
+    return value
+
+
+class ImageStage:
+    """One image at a time; `offload`: run in a worker thread (CPU-heavy)."""
+
+    offload: bool = True
+
+    def run_image(self, work: ImageWork) -> None:
+        raise NotImplementedError
+
+
+class RequestStage:
+    """Every image of one request at once, on the event loop."""
+
+    async def run_request(self, works: list[ImageWork], deadline: float) -> None:
+        raise NotImplementedError
+
+
+Stage = ImageStage | RequestStage
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = tuple(stages)
+        self._steps = _group(self.stages)
 
     async def run(
-        self, images: Sequence[ImageInput], deadline: float, keep_pixels: bool = False
+        self, images: Sequence[ImageInput], options: PoseOptions, deadline: float
     ) -> list[ImagePoses]:
-        prepared = await asyncio.gather(
-            *(asyncio.to_thread(self._prepare, image, keep_pixels) for image in images)
-        )
-        crops = np.concatenate([p.inputs for p in prepared]) if prepared else np.empty((0,))
-        outputs = await self._batcher.submit(crops, deadline)
-        results, row = [], 0
-        for image in prepared:
-            persons = []
-            for box, crop in zip(image.boxes, image.crops, strict=True):
-                scores = outputs[contract.SCORES][row]
-                persons.append(
-                    PersonPose(
-                        box=box,
-                        score=float(scores.mean()),
-                        keypoints=crop.to_image(outputs[contract.KEYPOINTS][row]),
-                        keypoints_raw=crop.to_image(outputs[contract.KEYPOINTS_RAW][row]),
-                        scores=scores,
-                    )
-                )
-                row += 1
-            results.append(ImagePoses(image.width, image.height, persons, image.pixels))
-        return results
+        works = [ImageWork(image, options, image.boxes) for image in images]
+        for step in self._steps:
+            if isinstance(step, RequestStage):
+                await step.run_request(works, deadline)
+            elif step[0].offload:
+                await asyncio.gather(*(asyncio.to_thread(_run_all, step, w) for w in works))
+            else:
+                for work in works:
+                    _run_all(step, work)
+        return [work.result() for work in works]
+
+
+def _run_all(stages: tuple[ImageStage, ...], work: ImageWork) -> None:
+    for stage in stages:
+        stage.run_image(work)
+
+
+def _group(stages: Sequence[Stage]) -> list[RequestStage | tuple[ImageStage, ...]]:
+    """Consecutive image stages that run in the same place (thread or event loop) as one step."""
+    steps: list[RequestStage | tuple[ImageStage, ...]] = []
+    for stage in stages:
+        previous = steps[-1] if steps else None
+        if (
+            isinstance(stage, ImageStage)
+            and isinstance(previous, tuple)
+            and previous[0].offload == stage.offload
+        ):
+            steps[-1] = (*previous, stage)
+        elif isinstance(stage, ImageStage):
+            steps.append((stage,))
+        else:
+            steps.append(stage)
+    return steps

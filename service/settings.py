@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "onnx" / "movenet-thunder.onnx"
+from dipr.core.crops import PADDING
+from dipr.models.registry import DEFAULT_ONNX
+
 MiB = 1024 * 1024
 
 
@@ -16,7 +18,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
-    model_path: Path = Field(DEFAULT_MODEL, description="ONNX model following the dipr contract")
+    model_path: Path = Field(DEFAULT_ONNX, description="ONNX model following the dipr contract")
     provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
         "auto",
         description="auto: CUDA when onnxruntime can use it, else CPU; cuda: CUDA or not "
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     )
     max_images: int = Field(16, ge=1, description="most images in one request (413)")
     max_boxes: int = Field(64, ge=1, description="most person boxes in one request (413)")
-    box_padding: float = Field(1.25, ge=1.0, description="box enlargement before cropping")
+    box_padding: float = Field(PADDING, ge=1.0, description="box enlargement before cropping")
     reduced_decode: bool = Field(
         True,
         description="decode a JPEG at 1/2, 1/4 or 1/8 of its size when every crop samples it "

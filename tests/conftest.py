@@ -1,5 +1,2 @@
-import sys
-from pathlib import Path
-
-# Test helpers (e.g. serving.py) are imported as plain modules.
-sys.path.insert(0, str(Path(__file__).parent))
+"""Shared fixtures. Helpers are the package `tests.helpers`; the fast tier (tests/unit) has its
+own conftest that keeps it free of servers."""

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
-from serving import free_port
 
+from dipr.benchmarks.servers import free_port
 from dipr.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,8 @@ def test_build_context_holds_what_the_images_copy_and_nothing_else() -> None:
         "NOTICE",
         "models/weights/movenet-thunder.safetensors",
         "models/movenet/network.py",
-        "service/app.py",
+        "core/images.py",
+        "service/http/app.py",
         "export/cli.py",
         "tests/fixtures/photos/astronaut.jpg",
         "docker/requirements-gpu.txt",
@@ -277,27 +279,38 @@ def test_build_context_holds_what_the_images_copy_and_nothing_else() -> None:
         assert any(f.startswith(source + "/") for f in context), source
 
 
+def package_folders() -> set[str]:
+    """The top-level folders that `dipr/` links to (dipr/models -> ../models, …): the package."""
+    links = [path for path in (ROOT / "dipr").iterdir() if path.is_symlink()]
+    assert all(link.resolve().parent == ROOT for link in links), links
+    return {link.resolve().name for link in links}
+
+
 def test_the_image_gets_every_folder_of_the_package() -> None:
-    """A folder added to pyproject's package-dir must reach the `source` stage too."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    folders = {path.split("/")[0] for path in setuptools["package-dir"].values()}
+    """A folder linked into dipr/ must reach the `source` stage too."""
     source_stage = re.search(r"AS source\n(.*?)\n\n", DOCKERFILE.read_text(), re.S)
     assert source_stage is not None
     copied = set(re.findall(r"^COPY (\S+) \1$", source_stage.group(1), re.M))
-    assert folders == copied, (folders, copied)
+    assert package_folders() | {"dipr"} == copied, (package_folders(), copied)
 
 
-def test_every_subpackage_is_in_the_wheel() -> None:
-    """The images install a regular wheel, not an editable checkout: a subpackage missing from
-    pyproject's `packages` is missing there, and `dipr serve` fails on its import."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    package_dir = setuptools["package-dir"]
-    found = set()
-    for package, folder in package_dir.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(ROOT / folder).parts
-            found.add(".".join((package, *relative)))
-    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))
+def test_the_wheel_holds_every_module_of_the_package(tmp_path: Path) -> None:
+    """The images install a regular wheel, not an editable checkout: every module of every
+    linked folder must be in it (setuptools follows the links), and the shipped model files."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("dipr-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    expected = {"dipr/__init__.py", "dipr/cli.py", "dipr/models/onnx/movenet-thunder.onnx"}
+    for folder in package_folders():
+        for module in (ROOT / folder).rglob("*.py"):
+            expected.add(f"dipr/{module.relative_to(ROOT).as_posix()}")
+    assert expected <= shipped, sorted(expected - shipped)
+    assert not any("__pycache__" in name or name.startswith("tests/") for name in shipped)
 
 
 def pins(variant: str) -> dict[str, str]:

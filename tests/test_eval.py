@@ -2,22 +2,20 @@
 
 import argparse
 import json
-import math
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from dipr.core.coco import DEV_DATA_VARIABLE, dev_data, load_keypoint_set
 from dipr.evaluation import cli as eval_cli
 from dipr.evaluation import coco_eval
-from dipr.evaluation.cli import DEFAULT_DATA, DEFAULT_MODEL
-from dipr.service.crops import Crop, crop_for_box
+from dipr.evaluation.cli import DEFAULT_ONNX
 
-ANNOTATIONS = DEFAULT_DATA / "test_coco.json"
+DEV_DATA = dev_data()
+ANNOTATIONS = DEV_DATA / "test_coco.json"
 needs_data = pytest.mark.skipif(
-    not ANNOTATIONS.is_file(), reason=f"COCO dev set not found at {DEFAULT_DATA}"
+    not ANNOTATIONS.is_file(), reason=f"COCO dev set not found at {DEV_DATA}"
 )
 
 
@@ -29,73 +27,20 @@ def dipr_eval(*argv: str) -> int:
     return args.run(args)
 
 
-# --- units: OKS and the coordinate convention (no data needed) -----------------------------------
-
-
-def _ground_truth() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    gt = np.zeros((17, 3))
-    gt[:, :2] = rng.uniform(10, 200, (17, 2))
-    gt[:, 2] = 2
-    gt[[3, 4], 2] = 0  # unlabelled ears: must not count
-    return gt
-
-
-def test_oks_of_the_ground_truth_itself_is_one():
-    gt = _ground_truth()
-    assert coco_eval.oks(gt[:, :2], gt, area=5000.0) == pytest.approx(1.0)
-
-
-def test_oks_ignores_unlabelled_keypoints_and_matches_the_formula():
-    gt = _ground_truth()
-    predicted = gt[:, :2].copy()
-    predicted[3] += 100  # unlabelled: no effect
-    predicted[0, 0] += 3.0  # nose off by 3 px
-    area = 5000.0
-    sigma = coco_eval.COCO_SIGMAS[0]
-    expected = (14 + math.exp(-9 / (2 * (2 * sigma) ** 2 * area))) / 15
-    assert coco_eval.oks(predicted, gt, area) == pytest.approx(expected)
-
-
-def test_oks_agrees_with_pycocotools():
-    from pycocotools.cocoeval import COCOeval
-
-    gt = _ground_truth()
-    predicted = gt[:, :2] + np.random.default_rng(1).normal(0, 4, (17, 2))
-    evaluator = COCOeval(iouType="keypoints")
-    gt_ann = {"keypoints": gt.ravel().tolist(), "area": 5000.0, "bbox": [0, 0, 220, 220]}
-    dt_ann = {"keypoints": np.c_[predicted, np.ones(17)].ravel().tolist(), "score": 1.0}
-    evaluator._gts[1, 1] = [gt_ann]
-    evaluator._dts[1, 1] = [dt_ann]
-    evaluator.params.maxDets = [20]
-    reference = evaluator.computeOks(1, 1)[0, 0]
-    assert coco_eval.oks(predicted, gt, 5000.0) == pytest.approx(reference)
-
-
-def test_index_pixels_become_coco_continuous_coordinates():
-    # Centre of the first pixel: index 0 ours, 0.5 in COCO.
-    identity = Crop(matrix=np.eye(2, 3), inverse=np.eye(2, 3))
-    assert coco_eval._to_coco(np.zeros((1, 1, 2)), [identity]) == pytest.approx(0.5)
-    # A COCO box (pixel edges) of the whole 256² image maps onto a 256² input one to one, so
-    # boxes go into crop_for_box as COCO gives them and only keypoints need the +0.5.
-    crop = crop_for_box((0.0, 0.0, 256.0, 256.0), (256, 256), padding=1.0)
-    assert crop.matrix == pytest.approx(np.eye(2, 3))
-
-
 # --- the real thing: committed ONNX, real dev data -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def rows() -> dict[str, coco_eval.Row]:
-    dataset = coco_eval.load_dataset(ANNOTATIONS, DEFAULT_DATA)
-    return {row.method: row for row in coco_eval.evaluate_model(DEFAULT_MODEL, dataset)}
+    dataset = load_keypoint_set(ANNOTATIONS, DEV_DATA)
+    return {row.method: row for row in coco_eval.evaluate_model(DEFAULT_ONNX, dataset)}
 
 
 @needs_data
 def test_eval_gives_all_three_methods_with_sane_metrics(rows):
     assert set(rows) == {"official", "raw", "debiased"}
     for row in rows.values():
-        m = row.metrics
+        m = row.accuracy
         assert m.oks_persons == 12
         for value in (m.mean_oks, m.ap, m.ap50, m.ap75):
             assert 0.0 <= value <= 1.0, row
@@ -106,9 +51,9 @@ def test_eval_gives_all_three_methods_with_sane_metrics(rows):
 def test_crop_model_inverse_path_is_right(rows):
     # REFERENCE: the official decode scores 0.836 mean OKS on coco_dev; a wrong affine, axis
     # swap or stride mix-up drops it far below.
-    assert rows["official"].metrics.mean_oks > 0.75
-    assert rows["debiased"].metrics.mean_oks > 0.75
-    assert rows["official"].metrics.mean_px_error < 15.0
+    assert rows["official"].accuracy.mean_oks > 0.75
+    assert rows["debiased"].accuracy.mean_oks > 0.75
+    assert rows["official"].accuracy.mean_px_error < 15.0
 
 
 @needs_data
@@ -155,7 +100,7 @@ def test_missing_image_is_a_clear_error(tmp_path, capsys):
     coco["images"][0]["file_name"] = "missing.jpg"
     annotations = tmp_path / "coco.json"
     annotations.write_text(json.dumps(coco))
-    assert dipr_eval("--annotations", str(annotations), "--images", str(DEFAULT_DATA)) == 1
+    assert dipr_eval("--annotations", str(annotations), "--images", str(DEV_DATA)) == 1
     assert "missing.jpg" in capsys.readouterr().err
 
 
@@ -183,7 +128,8 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
 
 
-def test_default_data_is_beside_the_repository():
-    repository = Path(__file__).resolve().parents[1]
-    assert DEFAULT_DATA.parents[2] == repository.parent
-    assert DEFAULT_DATA.parts[-3:] == ("shared", "data", "coco_dev")
+def test_the_dev_data_comes_from_the_environment_first(monkeypatch, tmp_path):
+    monkeypatch.setenv(DEV_DATA_VARIABLE, str(tmp_path))
+    assert dev_data() == tmp_path
+    monkeypatch.delenv(DEV_DATA_VARIABLE)
+    assert dev_data().parts[-3:] == ("shared", "data", "coco_dev")

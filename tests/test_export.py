@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,23 @@ import onnxruntime as ort
 import pytest
 
 from dipr.cli import main as dipr
-from dipr.export import contract
-from dipr.export.cli import DEFAULT_OUTPUT, DEFAULT_PARITY_IMAGES
-from dipr.export.onnx_export import ExportOptions, build_pose_model, load_parity_images, parity
-from dipr.models.keypoints import COCO_KEYPOINTS
+from dipr.core import contract
+from dipr.core.keypoints import COCO_KEYPOINTS
+from dipr.export import onnx_export
+from dipr.export.cli import DEFAULT_PARITY_IMAGES
+from dipr.export.onnx_export import (
+    TOLERANCE_FP16,
+    TOLERANCE_FP32,
+    ExportOptions,
+    ParityError,
+    PoseModule,
+    build_pose_model,
+    check_parity,
+    load_parity_images,
+    parity,
+)
 from dipr.models.movenet.weights import default_weights
+from dipr.models.registry import DEFAULT_ONNX
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +77,7 @@ def test_runs_at_any_batch_with_sane_outputs(thunder_onnx: Path, batch: int) -> 
 
 def test_committed_default_model_matches_pytorch() -> None:
     """The ONNX that `make serve` uses is in sync with the committed weights and head."""
-    meta = {p.key: p.value for p in onnx.load(str(DEFAULT_OUTPUT)).metadata_props}
+    meta = {p.key: p.value for p in onnx.load(str(DEFAULT_ONNX)).metadata_props}
     window = meta[contract.WINDOW]
     options = ExportOptions(
         beta=float(meta[contract.BETA]),
@@ -73,8 +86,48 @@ def test_committed_default_model_matches_pytorch() -> None:
     )
     pose, expected_meta = build_pose_model(options)
     assert meta[contract.SOURCE_SHA256] == expected_meta[contract.SOURCE_SHA256]
-    worst = parity(pose, DEFAULT_OUTPUT, load_parity_images(DEFAULT_PARITY_IMAGES, 256, 8))
+    worst = parity(pose, DEFAULT_ONNX, load_parity_images(DEFAULT_PARITY_IMAGES, 256, 8))
     assert max(worst.values()) <= 0.01
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "accepted", "refused"),
+    [(TOLERANCE_FP32, 0.005, 0.02), (TOLERANCE_FP16, 0.4, 0.6)],
+)
+def test_parity_verdict_holds_each_precision_to_its_tolerance(
+    tolerance: float, accepted: float, refused: float
+) -> None:
+    """fp32 exports are held to 0.01 px and fp16 ones to 0.5 px, at every batch size."""
+    check_parity({1: 0.0, 3: accepted, 8: accepted / 2}, tolerance)
+    with pytest.raises(ParityError, match=rf"^parity failed: {refused:.3g} px > {tolerance} px$"):
+        check_parity({1: 0.0, 3: refused, 8: accepted}, tolerance)
+    with pytest.raises(ParityError, match="parity failed: nan px"):  # a broken graph fails too
+        check_parity({1: 0.0, 3: math.nan, 8: accepted}, tolerance)
+
+
+def test_export_refuses_an_onnx_model_that_does_not_match_pytorch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The written model is exported with β 5.5 while parity runs the β 5 PyTorch network: a
+    difference above the fp32 tolerance, yet small enough that a loosened tolerance passes it."""
+    export_onnx = onnx_export.export_onnx
+    measure = onnx_export.parity
+    measured: dict[int, float] = {}
+
+    def export_beta_5_5(pose: PoseModule, metadata: dict[str, str], path: Path) -> onnx.ModelProto:
+        other, _ = build_pose_model(ExportOptions(arch="movenet-lightning", beta=5.5))
+        return export_onnx(other, metadata, path)
+
+    def recorded_parity(pose: PoseModule, onnx_path: Path, images: np.ndarray) -> dict[int, float]:
+        measured.update(measure(pose, onnx_path, images))
+        return measured
+
+    monkeypatch.setattr(onnx_export, "export_onnx", export_beta_5_5)
+    monkeypatch.setattr(onnx_export, "parity", recorded_parity)
+    code = dipr(["export", "--arch", "movenet-lightning", "-o", str(tmp_path / "beta.onnx")])
+    assert code == 1
+    assert "parity failed" in capsys.readouterr().err
+    assert 0.01 < max(measured.values()) < 3
 
 
 def test_fp16_keeps_the_head_in_fp32_and_passes_parity(

@@ -7,13 +7,16 @@ documented content type, headers and JSON body, and a 4xx for schema-invalid dat
 are drawn from small real files, mutated files and plain random bytes.
 
 Bounded: MAX_EXAMPLES* per operation, a per-request timeout and FUZZ_BUDGET_S for the whole file
-(requests past it are not sent, and counted as such).
+(requests past it are not sent, and counted as such); every operation must still have been sent
+MIN_SENT requests, checked when the file's tests are done.
 """
 
 import json
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -31,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from serving import running_service
 
-from dipr.service.app import create_app
+from dipr.service.http.app import create_app
+from tests.helpers.serving import running_service
 
 MAX_EXAMPLES = 500  # per operation taking a body (/pose, /pose/render)
 MAX_EXAMPLES_SIMPLE = 25  # per operation without parameters or body
@@ -122,9 +125,39 @@ for media_type, extension in {
     schemathesis.openapi.media_type(media_type, image_bodies(extension))
 
 
-SEEN: Counter[tuple[str, int]] = Counter()
-NOT_SENT: Counter[str] = Counter()
-DEADLINE: list[float] = []  # set when the service is up: collection may be long before
+# Requests each operation must get, or the run fails (its budget was spent elsewhere): those with
+# a body, and those without (whose few distinct cases schemathesis soon exhausts).
+MIN_SENT_WITH_BODY = 100
+MIN_SENT = 5
+
+
+@dataclass
+class FuzzLog:
+    """What was sent and answered; checked when the module's tests are done, whatever their
+    order, so that a run whose budget ran out before any request cannot pass."""
+
+    deadline: float
+    seen: Counter[tuple[str, int]] = field(default_factory=Counter)
+    not_sent: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        by_status: Counter[int] = Counter()
+        for (_, status), count in self.seen.items():
+            by_status[status] += count
+        return {
+            "requests": sum(self.seen.values()),
+            "not_sent_past_budget": sum(self.not_sent.values()),
+            "answers_5xx": sum(count for status, count in by_status.items() if status >= 500),
+            "statuses": dict(sorted(by_status.items())),
+            "by_operation": {label: self.sent(label) for label in self.operations()},
+            "schemathesis": schemathesis.__version__,
+        }
+
+    def sent(self, label: str) -> int:
+        return sum(count for (other, _), count in self.seen.items() if other == label)
+
+    def operations(self) -> list[str]:
+        return sorted({label for label, _ in self.seen} | set(self.not_sent))
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +165,27 @@ def url() -> Any:
     with running_service(
         max_request_bytes=2_000_000, max_image_pixels=4_000_000, max_images=4, max_boxes=8
     ) as base:
-        DEADLINE.append(time.monotonic() + FUZZ_BUDGET_S)
         yield base
+
+
+@pytest.fixture(scope="module")
+def fuzz_log(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzLog]:
+    log = FuzzLog(deadline=time.monotonic() + FUZZ_BUDGET_S)  # from start-up, not collection
+    yield log
+    summary = log.summary()
+    path = tmp_path_factory.getbasetemp() / "fuzz-summary.json"
+    path.write_text(json.dumps(summary, indent=1))
+    print(f"\nfuzzing: {json.dumps(summary)} ({path})")
+    minimum = {
+        f"{method.upper()} {route}": MIN_SENT_WITH_BODY if method == "post" else MIN_SENT
+        for route, item in DOCUMENT["paths"].items()
+        for method in item
+    }
+    starved = {
+        label: log.sent(label) for label, least in minimum.items() if log.sent(label) < least
+    }
+    assert not starved, f"operations sent fewer requests than {minimum}: {starved}"
+    assert summary["answers_5xx"] == 0
 
 
 def test_the_served_schema_is_the_one_fuzzed(url: str) -> None:
@@ -190,34 +242,12 @@ def test_with_api_keys_a_refused_request_is_documented_too(credentials: dict[str
         HealthCheck.large_base_example,
     ],
 )
-def test_api_conforms_to_its_schema_and_never_answers_5xx(case: Any, url: str) -> None:
-    if time.monotonic() > DEADLINE[0]:
-        NOT_SENT[case.operation.label] += 1
+def test_api_conforms_to_its_schema_and_never_answers_5xx(
+    case: Any, url: str, fuzz_log: FuzzLog
+) -> None:
+    if time.monotonic() > fuzz_log.deadline:
+        fuzz_log.not_sent[case.operation.label] += 1
         return
     response = case.call(base_url=url, timeout=30)
-    SEEN[(case.operation.label, response.status_code)] += 1
+    fuzz_log.seen[(case.operation.label, response.status_code)] += 1
     case.validate_response(response, checks=CHECKS)
-
-
-def test_zz_fuzzing_summary(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Runs last (file order): what was sent and answered, for the README."""
-    sent = sum(SEEN.values())
-    by_status = Counter()
-    for (_, status), count in SEEN.items():
-        by_status[status] += count
-    summary = {
-        "requests": sent,
-        "not_sent_past_budget": sum(NOT_SENT.values()),
-        "answers_5xx": sum(count for status, count in by_status.items() if status >= 500),
-        "statuses": dict(sorted(by_status.items())),
-        "by_operation": {
-            label: sum(count for (other, _), count in SEEN.items() if other == label)
-            for label in sorted({label for label, _ in SEEN})
-        },
-        "schemathesis": schemathesis.__version__,
-    }
-    path = tmp_path_factory.getbasetemp() / "fuzz-summary.json"
-    path.write_text(json.dumps(summary, indent=1))
-    print(f"\nfuzzing: {json.dumps(summary)} ({path})")
-    assert sent > 0
-    assert summary["answers_5xx"] == 0

@@ -25,8 +25,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_process import ServiceProcess, service_process
-from test_images import (
+
+from tests.helpers.image_files import (
     DECLARED,
     GARBLED,
     GIF89A,
@@ -43,6 +43,7 @@ from test_images import (
     smooth_bgr,
     vp8x_chunk,
 )
+from tests.helpers.service_process import ServiceProcess, service_process
 
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000

@@ -9,13 +9,17 @@ import httpx
 import onnx
 import pytest
 import torch
-from mmpose_layout import IPR_RES50_DEBIAS_CFG, mmpose_state_dict, save_mmengine_checkpoint
-from serving import running_service
 
 from dipr.cli import main as dipr
-from dipr.export import contract
+from dipr.core import contract
 from dipr.models.simplebaseline.mmpose_import import CheckpointError, load_mmpose_checkpoint
 from dipr.models.simplebaseline.weights import load_simplebaseline, resolve_mmpose_config
+from tests.helpers.mmpose_layout import (
+    IPR_RES50_DEBIAS_CFG,
+    mmpose_state_dict,
+    save_mmengine_checkpoint,
+)
+from tests.helpers.serving import running_service
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 ASTRONAUT_BOX = [40.0, 20.0, 470.0, 512.0]

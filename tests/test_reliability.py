@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from service_process import service_process
-from serving import free_port, running_service
 
-from dipr.export import contract
-from dipr.models.keypoints import COCO_KEYPOINTS, COCO_SKELETON
+from dipr.benchmarks.servers import free_port
+from dipr.core import contract
+from dipr.core.keypoints import COCO_KEYPOINTS, COCO_SKELETON
+from tests.helpers.paths import PHOTOS
+from tests.helpers.service_process import service_process
+from tests.helpers.serving import running_service
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 POISON = 200  # images whose brightest pixel is ≥ 17 make the faulty model raise
 
 

@@ -14,10 +14,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_process import service_process
-from serving import running_service
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+from tests.helpers.paths import PHOTOS
+from tests.helpers.service_process import service_process
+from tests.helpers.serving import running_service
+
 ASTRONAUT_BOX = [40.0, 20.0, 470.0, 512.0]  # the astronaut, in astronaut.jpg
 
 
@@ -394,8 +395,8 @@ def test_missing_gpu_is_never_a_silent_cpu_fallback(provider: str, named: str, t
 
 def test_the_serving_path_never_imports_torch() -> None:
     code = (
-        "import sys; import dipr.cli, dipr.service.app; "
-        "from dipr.service.app import create_app; create_app(); "
+        "import sys; import dipr.cli, dipr.service.http.app; "
+        "from dipr.service.http.app import create_app; create_app(); "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

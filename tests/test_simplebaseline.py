@@ -8,10 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from mmpose_layout import mmpose_state_dict, save_mmengine_checkpoint
 from torch import Tensor, nn
 
-from dipr.export import contract
+from dipr.core import contract
 from dipr.export.cli import DEFAULT_PARITY_IMAGES
 from dipr.export.onnx_export import (
     ExportOptions,
@@ -31,6 +30,7 @@ from dipr.models.simplebaseline.variants import (
     parse_input_size,
     parse_mmpose_config,
 )
+from tests.helpers.mmpose_layout import mmpose_state_dict, save_mmengine_checkpoint
 
 # torchvision's resnetNN parameter counts minus its 1000-way classifier (fc).
 PARAMETERS = {

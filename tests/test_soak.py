@@ -24,9 +24,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_process import ServiceProcess, service_process
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+from tests.helpers.paths import PHOTOS
+from tests.helpers.service_process import ServiceProcess, service_process
+
 REQUESTS = 10_000
 WARM_UP = 1_000
 ROUND = 1_000  # memory is read between rounds

@@ -14,13 +14,13 @@ import torch
 from safetensors import safe_open
 
 from dipr.cli import main as dipr
-from dipr.evaluation.cli import DEFAULT_DATA
-from dipr.export import contract
+from dipr.core import contract
+from dipr.core.coco import dev_data
+from dipr.core.crops import crop_for_box, warp
+from dipr.core.keypoints import COCO_KEYPOINTS
 from dipr.export.onnx_export import ExportOptions, build_pose_model
-from dipr.models.checkpoints import FORMAT, read_train_checkpoint
-from dipr.models.keypoints import COCO_KEYPOINTS
 from dipr.models.movenet.weights import load_movenet
-from dipr.service.crops import crop_for_box, warp
+from dipr.models.train_checkpoint import FORMAT, read_train_checkpoint
 from dipr.training.dataset import (
     FLIP,
     Augmentation,
@@ -29,7 +29,7 @@ from dipr.training.dataset import (
     make_sample,
 )
 
-COCO_DEV = DEFAULT_DATA  # ../shared/data/coco_dev
+COCO_DEV = dev_data()
 ANNOTATIONS = COCO_DEV / "test_coco.json"
 pytestmark = pytest.mark.skipif(not ANNOTATIONS.is_file(), reason="needs ../shared/data/coco_dev")
 SMALL = ["--arch", "simplebaseline-res18", "--input-size", "96x128", "--workers", "0"]
@@ -53,7 +53,7 @@ def test_an_unaugmented_sample_is_the_services_crop() -> None:
     person = dataset.persons[0]
     sample = dataset[(0, 0)]
     image = dataset._image(person.image_id)
-    crop = crop_for_box(person.box_xyxy, (192, 256))
+    crop = crop_for_box(person.box, (192, 256))
     assert np.array_equal(sample["image"].numpy(), warp(image, crop, (192, 256)))
     # COCO keypoints are continuous (edges at integers): index = value − 0.5, then the affine.
     points = person.keypoints[:, :2] - 0.5

@@ -9,30 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dipr.models.movenet.variants import VARIANTS
 from dipr.models.regions import REGIONS
-from dipr.models.simplebaseline.variants import ARCH_PREFIX, ARCHS, parse_input_size
+from dipr.models.registry import DEFAULT_TRAINING_ARCH, NAMES, architecture
+from dipr.models.simplebaseline.variants import input_size_argument
 
 if TYPE_CHECKING:
     from dipr.training.loop import TrainConfig
 
-MOVENET_ARCHS = tuple(f"movenet-{variant}" for variant in sorted(VARIANTS))
-DEFAULT_ARCH = "simplebaseline-res50"
-DEFAULT_INPUT_SIZE = (192, 256)  # MMPose's "256x192"
-# β: SimpleBaseline as MMPose's ipr_res50_debias (10); MoveNet as its export default (5).
-DEFAULT_BETA = {"simplebaseline": 10.0, "movenet": 5.0}
-# Adam learning rate: MMPose's 5e-4 from scratch; smaller to fine-tune a trained MoveNet.
-DEFAULT_LR = {"simplebaseline": 5e-4, "movenet": 1e-4}
 # MMPose's schedule: ×0.1 after 170 and 200 of 210 epochs.
 MILESTONE_FRACTIONS = (170 / 210, 200 / 210)
-LAST = "last.safetensors"
-
-
-def _input_size(text: str) -> tuple[int, int]:
-    try:
-        return parse_input_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -49,10 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True, help="run folder")
     parser.add_argument("--data", type=Path, help="COCO-format keypoint annotations (JSON)")
     parser.add_argument("--images", type=Path, help="image folder (default: the JSON's folder)")
-    parser.add_argument("--arch", choices=ARCHS + MOVENET_ARCHS, default=DEFAULT_ARCH)
+    parser.add_argument("--arch", choices=NAMES, default=DEFAULT_TRAINING_ARCH)
     parser.add_argument(
         "--input-size",
-        type=_input_size,
+        type=input_size_argument,
         metavar="WxH",
         help="SimpleBaseline input width x height (default 192x256; MoveNet: its own)",
     )
@@ -90,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `dipr serve` never loads torch.
-    from dipr.training.dataset import DatasetError
+    from dipr.core.coco import DatasetError
+    from dipr.models.train_checkpoint import LAST
     from dipr.training.loop import RunOptions, train
 
     output: Path = args.output
@@ -130,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resumed_config(last: Path, steps: int | None) -> TrainConfig:
-    from dipr.models.checkpoints import META_CONFIG, safetensors_metadata
+    from dipr.models.train_checkpoint import META_CONFIG, safetensors_metadata
     from dipr.training.loop import TrainConfig
 
     metadata = safetensors_metadata(last) or {}
@@ -143,30 +129,22 @@ def _new_config(args: argparse.Namespace) -> TrainConfig:
     from dipr.training.loop import TrainConfig
 
     steps = 10_000 if args.steps is None else args.steps
-    family = "simplebaseline" if args.arch.startswith(ARCH_PREFIX) else "movenet"
-    if family == "movenet":
-        if args.input_size is not None:
-            raise ValueError("MoveNet's input size is fixed by its variant: drop --input-size")
-        side = VARIANTS[args.arch.removeprefix("movenet-")].input_size
-        input_size = (side, side)
-    else:
-        if args.region not in (None, "global"):
-            raise ValueError("SimpleBaseline's head runs over the whole map: drop --region")
-        input_size = args.input_size or DEFAULT_INPUT_SIZE
+    arch = architecture(args.arch)
+    arch.check_options(region=args.region, input_size=args.input_size)
     if steps < 1 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be positive")
     data: Path = args.data
     return TrainConfig(
-        arch=args.arch,
+        arch=arch.name,
         annotations=str(data),
         images=str(args.images or data.parent),
-        input_size=input_size,
+        input_size=args.input_size or arch.train_input_size,
         steps=steps,
-        beta=args.beta if args.beta is not None else DEFAULT_BETA[family],
-        region=(args.region or "person") if family == "movenet" else "global",
-        window=args.window if family == "movenet" else None,
+        beta=args.beta if args.beta is not None else arch.train_beta,
+        region=args.region or arch.default_region,
+        window=args.window if arch.takes_window else None,
         batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else DEFAULT_LR[family],
+        lr=args.lr if args.lr is not None else arch.train_lr,
         warmup_steps=args.warmup if args.warmup is not None else min(500, steps // 10),
         milestones=args.milestones
         if args.milestones is not None

@@ -1,13 +1,14 @@
 """Top-down training crops from a COCO-format keypoint set, with the usual augmentation.
 
-Each non-crowd person annotation with at least one labelled keypoint is one sample. Its crop is
-the service's own (`dipr.service.crops.crop_for_box`: box padded by 1.25, widened to the input's
-aspect ratio, one affine warp, zero outside the image), so the network trains on exactly what it
-is served; augmentation composes, around the crop's centre, a random scale s (the region grows
-by s), a rotation and a horizontal mirror with the left/right keypoints swapped.
+Each person of the set (`dipr.core.coco`: non-crowd, 17 keypoints, at least one labelled) is one
+sample. Its crop is the service's own (`dipr.core.crops.crop_for_box`: box padded by 1.25,
+widened to the input's aspect ratio, one affine warp, zero outside the image), so the network
+trains on exactly what it is served; augmentation composes, around the crop's centre, a random
+scale s (the region grows by s), a rotation and a horizontal mirror with the left/right keypoints
+swapped.
 
-Coordinates: COCO keypoints are continuous (pixel edges at integers) and become pixel indices by
-−0.5 (as in `dipr.evaluation`); the affine maps them to crop pixel indices, the network's target.
+Coordinates: COCO keypoints are continuous (pixel edges at integers) and become pixel indices
+(`dipr.core.coco.from_coco`); the affine maps them to crop pixel indices, the network's target.
 A keypoint is trained on when labelled (v > 0) and inside the crop.
 
 Randomness is a pure function of (seed, epoch, sample), never of worker scheduling: runs are
@@ -15,40 +16,24 @@ reproducible and resume exactly. The sample order is a seeded permutation per ep
 endless stream of batches (`BatchStream`), so a run resumes from any step without replaying data.
 """
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dipr.models.keypoints import COCO_KEYPOINTS
-from dipr.service.crops import PADDING, Crop, crop_for_box, warp
-
-COCO_TO_INDEX = -0.5  # COCO continuous coordinates → pixel indices (centre of pixel 0 is 0)
-
-
-def flip_permutation(names: tuple[str, ...] = COCO_KEYPOINTS) -> tuple[int, ...]:
-    """For each keypoint, the index of its mirror image (left_* ↔ right_*, others themselves)."""
-    index = {name: i for i, name in enumerate(names)}
-    swapped = []
-    for name in names:
-        if name.startswith("left_"):
-            swapped.append(index["right_" + name[len("left_") :]])
-        elif name.startswith("right_"):
-            swapped.append(index["left_" + name[len("right_") :]])
-        else:
-            swapped.append(index[name])
-    return tuple(swapped)
-
+from dipr.core.coco import LabelledPerson, from_coco, load_keypoint_set
+from dipr.core.crops import PADDING, Crop, crop_for_box, warp
+from dipr.core.images import DecodedImage, decode, read_header
+from dipr.core.keypoints import flip_permutation
 
 FLIP = flip_permutation()
+# Training reads its own files: any size the decoder takes.
+MAX_PIXELS = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -63,54 +48,6 @@ class Augmentation:
     @classmethod
     def none(cls) -> "Augmentation":
         return cls(scale=0.0, rotation=0.0, rotation_prob=0.0, flip_prob=0.0)
-
-
-@dataclass(frozen=True)
-class Person:
-    image_id: int
-    box_xyxy: tuple[float, float, float, float]
-    keypoints: np.ndarray  # [K, 3] (x, y, v), COCO continuous coordinates
-
-
-class DatasetError(Exception):
-    """The annotations or images cannot be used; the message says why."""
-
-
-def load_persons(annotations: Path, images: Path) -> tuple[list[Person], dict[int, Path]]:
-    if not annotations.is_file():
-        raise DatasetError(f"annotations file not found: {annotations}")
-    try:
-        coco: dict[str, Any] = json.loads(annotations.read_text())
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{annotations} is not JSON: {error}") from error
-    persons = []
-    for annotation in coco.get("annotations", []):
-        keypoints = np.asarray(annotation.get("keypoints", []), dtype=np.float64).reshape(-1, 3)
-        x, y, w, h = (float(v) for v in annotation.get("bbox", (0, 0, 0, 0)))
-        if (
-            annotation.get("iscrowd", 0)
-            or annotation.get("category_id", 1) != 1
-            or len(keypoints) != len(COCO_KEYPOINTS)
-            or not (keypoints[:, 2] > 0).any()
-            or w < 1
-            or h < 1
-        ):
-            continue
-        persons.append(Person(int(annotation["image_id"]), (x, y, x + w, y + h), keypoints))
-    if not persons:
-        raise DatasetError(f"no person annotations with 17 keypoints in {annotations}")
-    paths = {int(i["id"]): images / i["file_name"] for i in coco.get("images", [])}
-    missing = sorted(
-        {str(paths.get(p.image_id, p.image_id)) for p in persons if not _exists(paths, p)}
-    )
-    if missing:
-        raise DatasetError(f"missing image(s): {', '.join(missing[:5])}")
-    persons.sort(key=lambda p: (p.image_id, p.box_xyxy))
-    return persons, paths
-
-
-def _exists(paths: dict[int, Path], person: Person) -> bool:
-    return person.image_id in paths and paths[person.image_id].is_file()
 
 
 def augmentation_matrix(
@@ -133,8 +70,8 @@ def augmentation_matrix(
 
 
 def make_sample(
-    image: np.ndarray,
-    person: Person,
+    image: DecodedImage,
+    person: LabelledPerson,
     input_size: tuple[int, int],
     rng: np.random.Generator | None,
     augmentation: Augmentation,
@@ -142,7 +79,7 @@ def make_sample(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crop uint8 [H, W, 3], keypoints [K, 2] crop pixel indices, weights [K]) for one person;
     rng=None: no augmentation (the service's crop exactly)."""
-    base = crop_for_box(person.box_xyxy, input_size, padding)
+    base = crop_for_box(person.box, input_size, padding)
     matrix = np.vstack([base.matrix, [0.0, 0.0, 1.0]])
     flipped = False
     if rng is not None:
@@ -153,8 +90,8 @@ def make_sample(
         flipped = bool(rng.random() < a.flip_prob)
         matrix = augmentation_matrix(input_size, scale, degrees, flipped) @ matrix
     affine = matrix[:2]
-    crop = warp(image, Crop(matrix=affine, inverse=cv2.invertAffineTransform(affine)), input_size)
-    points = person.keypoints[:, :2] + COCO_TO_INDEX
+    crop = warp(image, Crop.from_matrix(affine), input_size)
+    points = from_coco(person.keypoints[:, :2])
     points = points @ affine[:, :2].T + affine[:, 2]
     labelled = person.keypoints[:, 2] > 0
     if flipped:
@@ -182,26 +119,26 @@ class CocoKeypoints(Dataset):
         seed: int = 0,
         cache_images: bool = True,
     ) -> None:
-        self.persons, self.paths = load_persons(annotations, images)
+        keypoint_set = load_keypoint_set(annotations, images)
+        self.persons = keypoint_set.persons
+        self.paths = keypoint_set.image_paths
         self.input_size = input_size
         self.augmentation = augmentation
         self.seed = seed
         self.cache_images = cache_images
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache: dict[int, DecodedImage] = {}
 
     def __len__(self) -> int:
         return len(self.persons)
 
-    def _image(self, image_id: int) -> np.ndarray:
+    def _image(self, image_id: int) -> DecodedImage:
         if image_id in self._cache:
             return self._cache[image_id]
-        bgr = cv2.imread(str(self.paths[image_id]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"cannot decode {self.paths[image_id]}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        data = self.paths[image_id].read_bytes()
+        image = decode(data, read_header(data, None, MAX_PIXELS))
         if self.cache_images:
-            self._cache[image_id] = rgb
-        return rgb
+            self._cache[image_id] = image
+        return image
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key

@@ -23,18 +23,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from dipr.models.checkpoints import read_train_checkpoint
-from dipr.models.movenet.pose import MoveNetPose
-from dipr.models.movenet.variants import STRIDE, VARIANTS
-from dipr.models.movenet.weights import load_movenet
-from dipr.models.simplebaseline.network import SimpleBaseline
-from dipr.models.simplebaseline.pose import SimpleBaselinePose
-from dipr.models.simplebaseline.variants import ARCH_PREFIX, arch_depth
-from dipr.models.simplebaseline.weights import load_pretrained
-from dipr.training.checkpoint import LAST, restore, save_checkpoint
+from dipr.models.movenet.variants import STRIDE
+from dipr.models.regions import Region
+from dipr.models.registry import TrainingRequest, architecture
+from dipr.models.train_checkpoint import (
+    LAST,
+    read_train_checkpoint,
+    restore_train_checkpoint,
+    write_train_checkpoint,
+)
 from dipr.training.dataset import Augmentation, BatchStream, CocoKeypoints
 
-MOVENET_PREFIX = "movenet-"
 LOG = "log.jsonl"
 WARMUP_START = 0.001  # MMPose's LinearLR start_factor
 THROUGHPUT_SKIP = 3  # first steps left out of images/s (allocation, cudnn autotuning)
@@ -50,7 +49,7 @@ class TrainConfig:
     input_size: tuple[int, int]  # (width, height)
     steps: int
     beta: float
-    region: str = "global"  # MoveNet: "person" or "window"; SimpleBaseline: "global"
+    region: Region = "global"  # MoveNet: "person", "window" or "global"; SimpleBaseline: "global"
     window: int | None = None
     batch_size: int = 32
     lr: float = 5e-4
@@ -107,22 +106,14 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def build_model(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
     """(the deployable pose module trained through, the network whose weights are saved)."""
-    if config.arch.startswith(MOVENET_PREFIX):
-        variant = config.arch[len(MOVENET_PREFIX) :]
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown MoveNet variant in {config.arch!r}")
-        path = Path(config.pretrained) if config.pretrained else None
-        movenet = load_movenet(variant, path)  # the embedded weights unless told otherwise
-        window = config.window if config.region != "global" else 7
-        pose: nn.Module = MoveNetPose(movenet, config.beta, config.region, window)  # type: ignore[arg-type]
-        return pose, movenet
-    if not config.arch.startswith(ARCH_PREFIX):
-        raise ValueError(f"unknown architecture {config.arch!r}")
-    network = SimpleBaseline(arch_depth(config.arch))
-    if config.pretrained:
-        load_pretrained(network, Path(config.pretrained))
-    pose = SimpleBaselinePose(network, config.input_size, config.beta, "paper", "dipr")
-    return pose, network
+    request = TrainingRequest(
+        pretrained=Path(config.pretrained) if config.pretrained else None,
+        input_size=config.input_size,
+        beta=config.beta,
+        region=config.region,
+        window=config.window,
+    )
+    return architecture(config.arch).build_for_training(request)
 
 
 def keypoint_loss(predicted: Tensor, target: Tensor, weights: Tensor) -> Tensor:
@@ -162,7 +153,7 @@ def train(
         network.to(memory_format=torch.channels_last)  # NHWC input permuted is channels_last
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate(config, 0))
     if checkpoint is not None:
-        start = restore(checkpoint, network, optimizer).step
+        start = restore_train_checkpoint(checkpoint, network, optimizer)
         log(f"resumed {resume} at step {start}")
     dataset = CocoKeypoints(
         Path(config.annotations),
@@ -219,7 +210,7 @@ def train(
             log_file.write(json.dumps({"step": step, "loss": value, "lr": lr}) + "\n")
             bar(step, value, lr)
             if step % options.checkpoint_every == 0 or step == end:
-                save_checkpoint(output / LAST, network, optimizer, step, config.to_json())
+                write_train_checkpoint(output / LAST, network, optimizer, step, config.to_json())
     _synchronize(device)
     rate = None
     if timer_start is not None and timed_images:

@@ -41,6 +41,8 @@ class PoseOutputs(NamedTuple):
 
 
 class MoveNetPose(nn.Module):
+    output_names: tuple[str, ...] = PoseOutputs._fields
+
     def __init__(
         self, network: MoveNet, beta: float, region: Region = "person", window: int = 7
     ) -> None:
@@ -53,6 +55,12 @@ class MoveNetPose(nn.Module):
         self.beta = float(beta)
         self.region = region
         self.window = window if region != "global" else None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height): the variant's square input."""
+        side = self.network.config.input_size
+        return side, side
 
     def forward(self, image: Tensor) -> PoseOutputs:
         dtype = self.network.input_scale.dtype  # fp16 when the backbone was exported in fp16

@@ -1,5 +1,5 @@
-"""Load the committed MoveNet weights (made by `dipr.models.movenet.importer`), other weights in
-that layout, or a `dipr train` fine-tuning checkpoint."""
+"""Load the committed MoveNet weights (made by `dipr.models.movenet.tfjs_import`), other weights
+in that layout, or a `dipr train` fine-tuning checkpoint."""
 
 from pathlib import Path
 
@@ -7,15 +7,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dipr.models.checkpoints import is_train_checkpoint, read_train_checkpoint
 from dipr.models.movenet.network import MoveNet
 from dipr.models.movenet.variants import VARIANTS
-
-WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
+from dipr.models.registry import movenet_variant
+from dipr.models.train_checkpoint import is_train_checkpoint, read_train_checkpoint
 
 
 def default_weights(variant: str) -> Path:
-    return WEIGHTS_DIR / f"movenet-{variant}.safetensors"
+    """The committed weights of a variant, where its registry record says; ValueError naming the
+    known variants for any other name."""
+    weights = movenet_variant(variant).weights
+    assert weights is not None, "every MoveNet record embeds its weights"
+    return weights
 
 
 def weights_metadata(path: Path) -> dict[str, str]:
@@ -25,22 +28,19 @@ def weights_metadata(path: Path) -> dict[str, str]:
 
 def load_movenet(variant: str, path: Path | None = None) -> MoveNet:
     """The network in eval mode with fp32 parameters; clear errors for bad names or files."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown MoveNet variant {variant!r}; known: {', '.join(sorted(VARIANTS))}"
-        )
+    expected = movenet_variant(variant)  # ValueError naming the known variants
     path = path or default_weights(variant)
     if not path.is_file():
         raise FileNotFoundError(
             f"MoveNet weights not found at {path}; regenerate them with "
-            "`python -m dipr.models.movenet.importer`"
+            "`python -m dipr.models.movenet.tfjs_import`"
         )
     model = MoveNet(VARIANTS[variant])
     if is_train_checkpoint(path):
         checkpoint = read_train_checkpoint(path, with_optimizer=False)
         arch = checkpoint.config.get("arch")
-        if arch != VARIANTS[variant].name:
-            raise ValueError(f"{path} was trained as {arch}, not {VARIANTS[variant].name}")
+        if arch != expected.name:
+            raise ValueError(f"{path} was trained as {arch}, not {expected.name}")
         tensors = checkpoint.model
     else:
         tensors = load_file(path)

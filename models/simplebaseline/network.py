@@ -16,7 +16,7 @@ are not saved with the weights, so that training, export and every checkpoint ag
 import torch
 from torch import Tensor, nn
 
-from dipr.models.keypoints import COCO_KEYPOINTS
+from dipr.core.keypoints import COCO_KEYPOINTS
 from dipr.models.resnet import ResNet
 
 # MMPose's PoseDataPreprocessor for these configs (RGB order, after bgr_to_rgb).

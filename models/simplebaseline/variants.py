@@ -5,6 +5,7 @@ Sizes are (width, height), as `--input-size WxH` takes them. MMPose names its co
 width: its "256x192" is (192, 256) here, its "384x288" is (288, 384).
 """
 
+import argparse
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -59,6 +60,14 @@ def parse_input_size(text: str) -> tuple[int, int]:
     size = (int(match.group(1)), int(match.group(2)))
     check_input_size(size)
     return size
+
+
+def input_size_argument(text: str) -> tuple[int, int]:
+    """`parse_input_size` as an argparse `type`: a bad size is a usage error (exit status 2)."""
+    try:
+        return parse_input_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def check_input_size(size: tuple[int, int]) -> None:

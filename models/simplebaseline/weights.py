@@ -15,7 +15,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from dipr.models.checkpoints import is_train_checkpoint, read_train_checkpoint, safetensors_metadata
 from dipr.models.simplebaseline.mmpose_import import (
     CheckpointError,
     convert_mmpose_state_dict,
@@ -30,6 +29,11 @@ from dipr.models.simplebaseline.variants import (
     DebiasMode,
     MMPoseConfig,
     parse_mmpose_config,
+)
+from dipr.models.train_checkpoint import (
+    is_train_checkpoint,
+    read_train_checkpoint,
+    safetensors_metadata,
 )
 
 

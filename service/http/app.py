@@ -1,0 +1,95 @@
+"""The app factory: a `Runtime` from the settings, loaded in the lifespan, behind routes,
+error handlers and middleware."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import start_http_server
+from starlette.exceptions import HTTPException
+
+from dipr.core.errors import DiprError
+from dipr.service.http.errors import error_body, error_response, http_error
+from dipr.service.http.middleware import RequestLimits, RequestObserver
+from dipr.service.http.routes import health_router, metrics_router, pose_router
+from dipr.service.runtime import Runtime
+from dipr.service.settings import Settings
+
+log = logging.getLogger("dipr.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service's ASGI app; the model is loaded at start-up (lifespan), not here."""
+    settings = settings or Settings()
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(runtime.load)
+        metrics_server = None
+        if settings.metrics_port is not None:
+            # Its own listener: scrapable without exposing it alongside the API (and no key).
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, settings.host, runtime.metrics.exposition_registry
+            )
+        yield
+        await asyncio.to_thread(runtime.stop)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+    app = FastAPI(
+        title="dipr",
+        summary="Human pose estimation with debiased integral regression",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.api_keys = settings.all_api_keys()
+    app.include_router(pose_router)
+    app.include_router(health_router)
+    if settings.metrics_port is None:
+        app.include_router(metrics_router)
+    _handle_errors(app, runtime)
+    # The last added is outermost: the observer also sees what the limit refuses.
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(RequestObserver, metrics=runtime.metrics)
+    return app
+
+
+def _handle_errors(app: FastAPI, runtime: Runtime) -> None:
+    """Every error becomes the JSON error body; refusals are counted by code."""
+
+    @app.exception_handler(DiprError)
+    async def on_domain_error(request: Request, error: DiprError) -> JSONResponse:
+        runtime.metrics.rejected.labels(http_error(error).code).inc()
+        return error_response(error, runtime.settings.retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        runtime.metrics.rejected.labels("invalid_request").inc()
+        return JSONResponse(error_body("invalid_request", message), 422)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(error.detail)), error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal", "internal error"), 500)

@@ -1,0 +1,22 @@
+"""Stage: every crop of a request through the pose model, batched with other requests' crops."""
+
+import numpy as np
+
+from dipr.service.batcher import Batcher
+from dipr.service.pipeline import ImageWork, RequestStage, required
+
+
+class PoseStage(RequestStage):
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    async def run_request(self, works: list[ImageWork], deadline: float) -> None:
+        per_image = [required(work.cropped, "cropped").inputs for work in works]
+        if not per_image:
+            return
+        outputs = await self.batcher.submit(np.concatenate(per_image), deadline)
+        row = 0
+        for work, inputs in zip(works, per_image, strict=True):
+            rows = slice(row, row + len(inputs))
+            work.pose_outputs = {name: values[rows] for name, values in outputs.items()}
+            row += len(inputs)

@@ -1,0 +1,1 @@
+"""The test suite: `make test-fast` runs tests/unit, `make test` everything."""

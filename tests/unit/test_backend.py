@@ -1,0 +1,60 @@
+"""OnnxBackend: which ONNX Runtime provider runs the model, and never a silent fallback."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from dipr.models.registry import DEFAULT_ONNX
+from dipr.service.backend import CPU, OnnxBackend, ProviderUnavailable, TensorrtOptions
+
+NO_GPU = "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
+def test_cpu_runs_a_batch_with_every_output() -> None:
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu")
+    assert backend.provider == CPU
+    outputs = backend.infer(np.zeros((3, 256, 256, 3), np.uint8))
+    assert outputs["keypoints"].shape == (3, 17, 2)
+    assert outputs["scores"].shape == (3, 17)
+
+
+def test_alongside_session_gives_the_same_results_on_fewer_threads() -> None:
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu", intra_op_threads=2)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    alone = backend.infer_alongside(batch)  # no alongside session yet: the main one
+    backend.add_alongside_session(threads=1)
+    alongside = backend.infer_alongside(batch)
+    main = backend.infer(batch)
+    for name, values in main.items():
+        np.testing.assert_allclose(alongside[name], values, atol=1e-4)
+        np.testing.assert_array_equal(alone[name], values)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this onnxruntime has CUDA")
+@pytest.mark.parametrize(("provider", "named"), [("cuda", "CUDA"), ("tensorrt", "TensorRT")])
+def test_a_gpu_provider_that_is_missing_is_refused(provider: str, named: str, tmp_path) -> None:
+    options = TensorrtOptions(tmp_path / "trt", 8)
+    with pytest.raises(ProviderUnavailable, match=f"{named} was requested"):
+        OnnxBackend(DEFAULT_ONNX, provider, tensorrt=options)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this onnxruntime has CUDA")
+def test_auto_without_a_gpu_is_cpu() -> None:
+    assert OnnxBackend(DEFAULT_ONNX, "auto").provider == CPU
+
+
+def test_tensorrt_profile_covers_every_batch_the_batcher_forms(tmp_path: Path) -> None:
+    options = TensorrtOptions(tmp_path, max_batch_size=16)
+    provider_options = options.provider_options("image", (192, 256), device_id=1)
+    assert provider_options["trt_profile_min_shapes"] == "image:1x256x192x3"  # NHWC, uint8
+    assert provider_options["trt_profile_opt_shapes"] == "image:16x256x192x3"
+    assert provider_options["trt_profile_max_shapes"] == "image:16x256x192x3"
+    assert provider_options["trt_engine_cache_enable"] is True
+    assert provider_options["device_id"] == 1
+    assert "trt_fp16_enable" not in provider_options  # precision is the model's: head in fp32
+    # Another batch range builds (and caches) its own engine instead of reusing this one.
+    other = TensorrtOptions(tmp_path, max_batch_size=32).provider_options("image", (192, 256), 0)
+    assert other["trt_engine_cache_path"] != provider_options["trt_engine_cache_path"]
+    assert other["trt_timing_cache_path"] == provider_options["trt_timing_cache_path"]

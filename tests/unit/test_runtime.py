@@ -1,0 +1,102 @@
+"""The runtime in-process: readiness only after warm-up, and the served pipeline computing what
+`dipr eval` computes (no server: the app is driven through httpx's ASGI transport)."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from dipr.core import contract
+from dipr.core.crops import PADDING
+from dipr.core.errors import NotReady
+from dipr.core.prepare import prepare_image
+from dipr.models.registry import DEFAULT_ONNX
+from dipr.service.backend import OnnxBackend
+from dipr.service.http.app import create_app
+from dipr.service.pipeline import ImageInput, PoseOptions
+from dipr.service.runtime import Runtime
+from dipr.service.settings import Settings
+from tests.helpers.paths import PHOTOS
+
+PHOTO = (PHOTOS / "astronaut.jpg").read_bytes()
+SMALL = {"max_batch_size": 2, "max_queue": 16, "max_boxes": 8, "max_images": 4}
+
+
+class HeldWarmUp:
+    """Replaces OnnxBackend.warm_up: records that it began, waits to be released, then warms up."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.began, self.release = threading.Event(), threading.Event()
+        self.finished: list[list[int]] = []
+        original = OnnxBackend.warm_up
+
+        def held(backend: OnnxBackend, sizes: list[int], alongside: int = 0) -> None:
+            self.began.set()
+            assert self.release.wait(60)
+            original(backend, sizes, alongside)
+            self.finished.append(list(sizes))
+
+        monkeypatch.setattr(OnnxBackend, "warm_up", held)
+
+
+async def test_ready_only_after_the_warm_up_has_run(monkeypatch):
+    held = HeldWarmUp(monkeypatch)
+    app = create_app(Settings(**SMALL))
+    runtime: Runtime = app.state.runtime
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dipr") as client:
+        assert (await client.get("/health/ready")).json()["reason"] == "loading the model"
+        loading = threading.Thread(target=runtime.load)
+        loading.start()
+        assert await asyncio.to_thread(held.began.wait, 60)
+        await asyncio.sleep(0.2)  # were readiness set before the warm-up, it would show now
+        answer = await client.get("/health/ready")
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert runtime.readiness() == "loading the model"
+        pose = await client.post("/pose", content=PHOTO, headers={"content-type": "image/jpeg"})
+        assert pose.status_code == 503 and pose.json()["error"]["code"] == "not_ready"
+        held.release.set()
+        await asyncio.to_thread(loading.join, 60)
+        assert held.finished == [[1, 2]]
+        assert (await client.get("/health/ready")).json() == {"status": "ready"}
+        pose = await client.post("/pose", content=PHOTO, headers={"content-type": "image/jpeg"})
+        assert pose.status_code == 200
+        runtime.stop()
+
+
+async def test_a_model_that_cannot_load_leaves_the_runtime_unready_with_the_reason(tmp_path):
+    runtime = Runtime(Settings(model_path=tmp_path / "missing.onnx", **SMALL))
+    runtime.load()
+    assert runtime.readiness() == f"model file not found: {tmp_path / 'missing.onnx'}"
+    with pytest.raises(NotReady, match="model file not found"):
+        await runtime.estimate([ImageInput(PHOTO, None, None)], PoseOptions(), time.monotonic() + 5)
+
+
+async def test_the_service_crops_and_maps_back_as_evaluation_does():
+    """The runtime built from the default settings against the core's preparation (what
+    `dipr eval` runs) and the model alone: the same keypoints to float precision."""
+    boxes = [(120.0, 20.0, 400.0, 500.0), (0.0, 0.0, 256.0, 256.0)]
+    runtime = Runtime(Settings(**SMALL))
+    runtime.load()
+    try:
+        (served,) = await runtime.estimate(
+            [ImageInput(PHOTO, "image/jpeg", boxes)], PoseOptions(), time.monotonic() + 30
+        )
+    finally:
+        runtime.stop()
+    session = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
+    prepared = prepare_image(PHOTO, None, boxes, (256, 256), padding=PADDING, max_pixels=10**8)
+    keypoints, scores = session.run(
+        [contract.KEYPOINTS, contract.SCORES], {contract.INPUT: prepared.cropped.inputs}
+    )
+    assert [p.box for p in served.persons] == boxes
+    for person, crop, expected, expected_scores in zip(
+        served.persons, prepared.cropped.crops, keypoints, scores, strict=True
+    ):
+        np.testing.assert_allclose(person.keypoints, crop.to_image(expected), atol=1e-3)
+        np.testing.assert_allclose(person.scores, expected_scores, atol=1e-5)
+        assert person.score == pytest.approx(float(expected_scores.mean()), abs=1e-5)
