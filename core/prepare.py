@@ -58,8 +58,8 @@ def decode_for_boxes(
     header = read_header(data, declared, max_pixels)
     if boxes is None:
         # Either orientation: the EXIF tag is read by the decoder, not here.
-        sides = (header.width, header.height)
-        frames: Sequence[Box] = [(0, 0, *sides), (0, 0, *sides[::-1])]
+        width, height = float(header.width), float(header.height)
+        frames: list[Box] = [(0.0, 0.0, width, height), (0.0, 0.0, height, width)]
         scales = [crop_scale(frame, input_size, 1.0) for frame in frames]
     else:
         for box in boxes:

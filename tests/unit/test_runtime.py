@@ -52,18 +52,21 @@ async def test_ready_only_after_the_warm_up_has_run(monkeypatch):
         assert (await client.get("/health/ready")).json()["reason"] == "loading the model"
         loading = threading.Thread(target=runtime.load)
         loading.start()
-        assert await asyncio.to_thread(held.began.wait, 60)
-        await asyncio.sleep(0.2)  # were readiness set before the warm-up, it would show now
-        answer = await client.get("/health/ready")
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-        assert runtime.readiness() == "loading the model"
-        pose = await client.post("/pose", content=PHOTO, headers={"content-type": "image/jpeg"})
-        assert pose.status_code == 503 and pose.json()["error"]["code"] == "not_ready"
-        held.release.set()
-        await asyncio.to_thread(loading.join, 60)
+        try:
+            assert await asyncio.to_thread(held.began.wait, 60)
+            await asyncio.sleep(0.2)  # were readiness set before the warm-up, it would show now
+            answer = await client.get("/health/ready")
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+            assert runtime.readiness() == "loading the model"
+            headers = {"content-type": "image/jpeg"}
+            pose = await client.post("/pose", content=PHOTO, headers=headers)
+            assert pose.status_code == 503 and pose.json()["error"]["code"] == "not_ready"
+        finally:
+            held.release.set()
+            await asyncio.to_thread(loading.join, 60)
         assert held.finished == [[1, 2]]
         assert (await client.get("/health/ready")).json() == {"status": "ready"}
-        pose = await client.post("/pose", content=PHOTO, headers={"content-type": "image/jpeg"})
+        pose = await client.post("/pose", content=PHOTO, headers=headers)
         assert pose.status_code == 200
         runtime.stop()
 
