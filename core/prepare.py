@@ -2,16 +2,18 @@
 
 Two steps, which the service runs as two stages and `prepare_image` runs back to back:
 
-- `decode_for_boxes`: every check that needs no pixels (the header, the boxes' shape), then the
-  decode, at the coarsest scale that every crop allows when `reduced` (a 4032×3024 phone photo
-  of one person becomes a 256×256 input: decoding is most of the CPU work outside the network,
-  and the scaled decode averages pixels where a bilinear warp from full size would skip them);
+- `decode_for_boxes`: the boxes' shape checked (the header already was, by `read_header`), then
+  the decode, at the coarsest scale that every crop allows when `reduced` (a 4032×3024 phone
+  photo of one person becomes a 256×256 input: decoding is most of the CPU work outside the
+  network, and the scaled decode averages pixels where a bilinear warp from full size would skip
+  them); `refine_for_boxes` decodes again, finer, for boxes found only after decoding;
 - `crop_boxes`: the boxes' placement in the decoded picture, then one warp per box.
 
 No boxes (None) means the whole picture is one crop, unpadded: it already is the region of
 interest.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +29,7 @@ from dipr.core.crops import (
     crop_scale,
     warp,
 )
-from dipr.core.images import DecodedImage, decode, read_header
+from dipr.core.images import DecodedImage, ImageHeader, decode, read_header
 
 
 @dataclass(frozen=True)
@@ -43,31 +45,62 @@ class PreparedImage:
     cropped: CroppedImage
 
 
-def decode_for_boxes(
-    data: bytes,
-    declared: str | None,
+def coarsest_reduction(
+    header: ImageHeader,
     boxes: Sequence[Box] | None,
     input_size: tuple[int, int],
-    *,
     padding: float = PADDING,
-    max_pixels: int,
-    reduced: bool = True,
-) -> DecodedImage:
-    """Check the image and the boxes' shape, then decode; `reduced`: at the coarsest exact scale
-    that no crop samples more finely than (else every pixel)."""
-    header = read_header(data, declared, max_pixels)
+) -> float:
+    """How coarsely the picture may be decoded for these crops (image pixels per decoded pixel,
+    before the decoder's own constraints): the inverse of the finest crop's scale. Boxes must
+    have passed `check_box_shape`."""
     if boxes is None:
         # Either orientation: the EXIF tag is read by the decoder, not here.
         width, height = float(header.width), float(header.height)
         frames: list[Box] = [(0.0, 0.0, width, height), (0.0, 0.0, height, width)]
         scales = [crop_scale(frame, input_size, 1.0) for frame in frames]
     else:
-        for box in boxes:
-            check_box_shape(box)
         scales = [crop_scale(box, input_size, padding) for box in boxes]
-    finest = max(scales)  # input pixels per image pixel; 0 for a box too large to be real
-    at_most = 1 / finest if reduced and finest > 0 else 1.0
-    return decode(data, header, at_most)
+    finest = max(scales, default=0.0)  # input px per image px; 0: no box, or one too large
+    return 1 / finest if finest > 0 else math.inf
+
+
+def decode_for_boxes(
+    data: bytes,
+    header: ImageHeader,
+    boxes: Sequence[Box] | None,
+    input_size: tuple[int, int],
+    *,
+    padding: float = PADDING,
+    reduced: bool = True,
+) -> DecodedImage:
+    """Check the boxes' shape, then decode; `reduced`: at the coarsest exact scale that no crop
+    samples more finely than (else every pixel)."""
+    for box in boxes or ():
+        check_box_shape(box)
+    at_most = coarsest_reduction(header, boxes, input_size, padding) if reduced else 1.0
+    # Only a box too large to be real asks for no pixels: decoded in full, its placement is
+    # refused next.
+    return decode(data, header, at_most if math.isfinite(at_most) else 1.0)
+
+
+def refine_for_boxes(
+    data: bytes,
+    header: ImageHeader,
+    image: DecodedImage,
+    boxes: Sequence[Box],
+    input_size: tuple[int, int],
+    *,
+    padding: float = PADDING,
+) -> DecodedImage:
+    """The picture decoded finely enough for `boxes` found after it was decoded (by a detector):
+    `image` itself when it already is, else a finer decode of `data`."""
+    for box in boxes:
+        check_box_shape(box)
+    allowed = header.largest_reduction(coarsest_reduction(header, boxes, input_size, padding))
+    if image.reduction <= allowed:
+        return image
+    return decode(data, header, allowed)
 
 
 def crop_boxes(
@@ -100,7 +133,8 @@ def prepare_image(
     reduced: bool = True,
 ) -> PreparedImage:
     """Both steps, as the service runs them."""
+    header = read_header(data, declared, max_pixels)
     decoded = decode_for_boxes(
-        data, declared, boxes, input_size, padding=padding, max_pixels=max_pixels, reduced=reduced
+        data, header, boxes, input_size, padding=padding, reduced=reduced
     )
     return PreparedImage(decoded, crop_boxes(decoded, boxes, input_size, padding=padding))

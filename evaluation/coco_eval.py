@@ -35,11 +35,11 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from dipr.core import contract
+from dipr.core import pose_contract
 from dipr.core.coco import PERSON_CATEGORY, KeypointSet, LabelledPerson, to_coco
-from dipr.core.contract import ModelInfo, describe
 from dipr.core.crops import PADDING, Crop
 from dipr.core.errors import DiprError
+from dipr.core.pose_contract import ModelInfo, Session, describe
 from dipr.core.prepare import prepare_image
 from dipr.models.regions import Region
 
@@ -47,12 +47,13 @@ from dipr.models.regions import Region
 COCO_SIGMAS = np.array([26, 25, 25, 35, 35, 79, 79, 72, 72, 62, 62, 107, 107, 87, 87, 89, 89]) / 1e3
 MIN_OKS_KEYPOINTS = 5  # mean OKS only over persons with this many labelled keypoints
 T = TypeVar("T")
+Described = TypeVar("Described")
 
 # Method name → the ONNX output holding its keypoints.
 METHODS: dict[str, str] = {
-    "official": contract.KEYPOINTS_OFFICIAL,
-    "raw": contract.KEYPOINTS_RAW,
-    "debiased": contract.KEYPOINTS,
+    "official": pose_contract.KEYPOINTS_OFFICIAL,
+    "raw": pose_contract.KEYPOINTS_RAW,
+    "debiased": pose_contract.KEYPOINTS,
 }
 
 # The --sweep grid: (region, window) pairs x betas. Window is ignored for "global".
@@ -112,16 +113,19 @@ class Row:
 # --- model ---------------------------------------------------------------------------------------
 
 
-def open_model(path: Path) -> tuple[ort.InferenceSession, ModelInfo]:
-    """A CPU session and what the model is; fails on a broken contract."""
+def open_model(
+    path: Path, reader: Callable[[Session], Described] = describe, what: str = "model"
+) -> tuple[ort.InferenceSession, Described]:
+    """A CPU session and what its contract's reader (the pose model's by default) says the model
+    is; EvaluationError for a missing, unreadable or contract-breaking file."""
     if not path.is_file():
-        raise EvaluationError(f"model not found: {path}")
+        raise EvaluationError(f"{what} not found: {path}")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own pybind types for unreadable files
         raise EvaluationError(f"cannot load {path} with onnxruntime: {error}") from error
     try:
-        return session, describe(session)
+        return session, reader(session)
     except DiprError as error:
         raise EvaluationError(f"{path} does not follow the dipr ONNX contract: {error}") from error
 
@@ -137,17 +141,17 @@ def predict(
 ) -> Predictions:
     """Crop every person, run the crops through ORT in batches, map keypoints back to COCO."""
     methods = methods_of(model)
-    names = [METHODS[m] for m in methods] + [contract.SCORES]
+    names = [METHODS[m] for m in methods] + [pose_contract.SCORES]
     crops: list[Crop] = []
     chunks: list[list[np.ndarray]] = []
     # Streamed batch by batch, so that a full COCO split never sits in memory as crops.
     for batch in _batches(_crops(dataset, model.input_size), batch_size):
         crops += [crop for crop, _ in batch]
         inputs = np.stack([pixels for _, pixels in batch])
-        chunks.append(session.run(names, {contract.INPUT: inputs}))
+        chunks.append(session.run(names, {pose_contract.INPUT: inputs}))
     outputs = {name: np.concatenate([c[j] for c in chunks]) for j, name in enumerate(names)}
     keypoints = {m: _to_coco(outputs[METHODS[m]], crops) for m in methods}
-    return Predictions(keypoints=keypoints, scores=outputs[contract.SCORES].astype(np.float64))
+    return Predictions(keypoints=keypoints, scores=outputs[pose_contract.SCORES].astype(np.float64))
 
 
 def _crops(dataset: KeypointSet, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
@@ -222,17 +226,31 @@ def mean_pixel_error(persons: Sequence[LabelledPerson], keypoints: np.ndarray) -
 def coco_ap(
     dataset: KeypointSet, keypoints: np.ndarray, scores: np.ndarray, verbose: bool = False
 ) -> tuple[float, float, float]:
-    """pycocotools keypoint AP, AP50, AP75 with one prediction per ground-truth person."""
+    """pycocotools keypoint AP, AP50, AP75 with one prediction per ground-truth person, scored by
+    its mean keypoint score (ranks confident poses first, as a detector would; a constant would
+    leave COCOeval's ranking, and so AP, to list order)."""
+    results = [
+        result_entry(p.image_id, k, float(s.mean()))
+        for p, k, s in zip(dataset.persons, keypoints, scores, strict=True)
+    ]
+    return coco_keypoint_ap(dataset.coco, results, verbose)
+
+
+def coco_keypoint_ap(
+    coco: dict[str, Any], results: list[dict[str, Any]], verbose: bool = False
+) -> tuple[float, float, float]:
+    """pycocotools keypoint AP, AP50, AP75 of `results` (`result_entry`) against the set."""
     try:  # the `eval` extra; only this function needs it
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as error:
         raise EvaluationError(f"COCO AP needs pycocotools (the `eval` extra): {error}") from error
 
-    results = [_result(p, k, s) for p, k, s in zip(dataset.persons, keypoints, scores, strict=True)]
+    if not results:
+        return 0.0, 0.0, 0.0  # nothing returned: nothing found (pycocotools refuses an empty list)
     with _quiet(not verbose):
         ground_truth = COCO()
-        ground_truth.dataset = dataset.coco
+        ground_truth.dataset = coco
         ground_truth.createIndex()
         evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="keypoints")
         evaluation.evaluate()
@@ -242,15 +260,14 @@ def coco_ap(
     return ap, ap50, ap75
 
 
-def _result(person: LabelledPerson, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    # Detection score = mean keypoint score: ranks confident poses first, as a detector would;
-    # a constant 1.0 would leave COCOeval's ranking (and so AP) to list order.
+def result_entry(image_id: int, keypoints: np.ndarray, score: float) -> dict[str, Any]:
+    """One returned person as pycocotools reads it: keypoints [K, 2] in COCO coordinates."""
     triplets = np.concatenate([keypoints, np.ones((len(keypoints), 1))], axis=1)
     return {
-        "image_id": person.image_id,
+        "image_id": image_id,
         "category_id": PERSON_CATEGORY,
         "keypoints": [float(v) for v in triplets.ravel()],
-        "score": float(scores.mean()),
+        "score": score,
     }
 
 

@@ -1,20 +1,31 @@
-"""`dipr export`: write the deployable network as ONNX and check it against PyTorch."""
+"""`dipr export`: write the deployable network (a pose model or a person detector) as ONNX and
+check it against PyTorch."""
+
+from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dipr.models.regions import REGIONS
 from dipr.models.registry import (
     DEFAULT_EXPORT_ARCH,
+    EXPORT_NAMES,
     MOVENET_VARIANTS,
-    NAMES,
     Architecture,
-    architecture,
+    DetectorArchitecture,
+    export_architecture,
     movenet_variant,
 )
 from dipr.models.simplebaseline.variants import DEBIAS_MODES, MMPOSE_PRESETS, input_size_argument
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dipr.export.onnx_export import ExportOptions
 
 DEFAULT_PARITY_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 
@@ -23,13 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help=__doc__, description=__doc__)
     parser.add_argument(
         "--arch",
-        choices=NAMES,
-        help="network (default: movenet-<variant>)",
+        choices=EXPORT_NAMES,
+        help="network (default: movenet-<variant>); movenet-multipose is the person detector "
+        "(its own contract: only --weights and --fp16 apply to it)",
     )
     parser.add_argument(
         "--variant", choices=MOVENET_VARIANTS, help="MoveNet variant (default: thunder)"
     )
-    parser.add_argument("--weights", type=Path, help="MoveNet safetensors (default: committed)")
+    parser.add_argument(
+        "--weights", type=Path, help="MoveNet (or MultiPose) safetensors (default: committed)"
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -70,7 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--region", choices=REGIONS, help="MoveNet only (default: person)")
     parser.add_argument("--window", type=int, help="MoveNet only (default: 7)")
     parser.add_argument(
-        "--fp16", action="store_true", help="backbone in fp16, the debiasing head stays fp32"
+        "--fp16",
+        action="store_true",
+        help="backbone in fp16, the debiasing head (a detector's decode) stays fp32",
     )
     parser.add_argument("--model-version", default="1")
     parser.add_argument("--parity-images", type=Path, default=DEFAULT_PARITY_IMAGES)
@@ -78,26 +94,95 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _architecture(args: argparse.Namespace) -> Architecture:
+def _architecture(args: argparse.Namespace) -> Architecture | DetectorArchitecture:
     """--arch, or the MoveNet that --variant names (its older spelling)."""
     if args.variant is None:
-        return architecture(args.arch or DEFAULT_EXPORT_ARCH)
+        return export_architecture(args.arch or DEFAULT_EXPORT_ARCH)
     named = movenet_variant(args.variant)
     if args.arch is not None and args.arch != named.name:
         raise ValueError(f"--variant {args.variant} contradicts --arch {args.arch}")
     return named
 
 
+def _options(args: argparse.Namespace, name: str) -> ExportOptions:
+
+    from dipr.export.onnx_export import ExportOptions
+
+    return ExportOptions(
+        arch=name,
+        beta=args.beta,
+        region=args.region,
+        window=args.window,
+        weights=args.weights,
+        checkpoint=args.checkpoint,
+        input_size=args.input_size,
+        debias=args.debias,
+        mmpose_config=args.mmpose_config,
+        fp16=args.fp16,
+        version=args.model_version,
+    )
+
+
+def _unwritable(output: Path) -> str | None:
+    """Why `output` cannot be written, or None; checked before the minutes an export takes."""
+    if output.exists() and output.is_dir():
+        return f"output {output} is a directory"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "ab"):
+            pass
+    except OSError as error:
+        return f"cannot write {output}: {error.strerror}"
+    return None
+
+
+def _write(
+    args: argparse.Namespace,
+    default_output: Path,
+    check_options: Callable[[], object],
+    build: Callable[[], tuple[nn.Module, dict[str, str]]],
+    build_errors: tuple[type[Exception], ...] = (),
+) -> tuple[nn.Module, Path] | int:
+    """The options checked (before anything is written), the output checked, the network built
+    and exported: (network, output), or the exit status of the error printed."""
+    from dipr.export.onnx_export import export_onnx
+
+    try:
+        check_options()
+    except ValueError as error:
+        return _fail(str(error))
+    output: Path = args.output or default_output
+    problem = _unwritable(output)
+    if problem is not None:
+        return _fail(problem)
+    try:
+        network, metadata = build()
+    except (FileNotFoundError, ValueError, *build_errors) as error:
+        return _fail(str(error))
+    export_onnx(network, metadata, output)
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+    return network, output
+
+
 def run(args: argparse.Namespace) -> int:
+    """One dispatch on the registry record: a pose model, or a person detector."""
+    try:
+        record = _architecture(args)
+    except ValueError as error:
+        return _fail(str(error))
+    if isinstance(record, DetectorArchitecture):
+        return _run_detector(args, record)
+    return _run_pose(args, record)
+
+
+def _run_pose(args: argparse.Namespace, arch: Architecture) -> int:
     # Imported here so that `dipr serve` never loads torch.
     from dipr.export.onnx_export import (
         TOLERANCE_FP16,
         TOLERANCE_FP32,
-        ExportOptions,
         ParityError,
         build_pose_model,
         check_parity,
-        export_onnx,
         export_request,
         load_parity_images,
         parity,
@@ -105,39 +190,17 @@ def run(args: argparse.Namespace) -> int:
     )
     from dipr.models.simplebaseline.mmpose_import import CheckpointError
 
-    try:
-        arch = _architecture(args)
-        options = ExportOptions(
-            arch=arch.name,
-            beta=args.beta,
-            region=args.region,
-            window=args.window,
-            weights=args.weights,
-            checkpoint=args.checkpoint,
-            input_size=args.input_size,
-            debias=args.debias,
-            mmpose_config=args.mmpose_config,
-            fp16=args.fp16,
-            version=args.model_version,
-        )
-        export_request(options)  # refuses what this architecture does not take, before writing
-    except ValueError as error:
-        return _fail(str(error))
-    output: Path = args.output or arch.default_onnx
-    if output.exists() and output.is_dir():
-        return _fail(f"output {output} is a directory")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "ab"):
-            pass
-    except OSError as error:
-        return _fail(f"cannot write {output}: {error.strerror}")
-    try:
-        pose, metadata = build_pose_model(options)
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
-        return _fail(str(error))
-    export_onnx(pose, metadata, output)
-    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+    options = _options(args, arch.name)
+    written = _write(
+        args,
+        arch.default_onnx,
+        lambda: export_request(options),
+        lambda: build_pose_model(options),
+        (CheckpointError,),
+    )
+    if isinstance(written, int):
+        return written
+    pose, output = written
     if args.skip_parity:
         return 0
     images = load_parity_images(args.parity_images, pose_input_size(pose), count=8)
@@ -153,6 +216,54 @@ def run(args: argparse.Namespace) -> int:
     except ParityError as error:
         return _fail(str(error))
     print(f"parity ok (tolerance {tolerance} px)")
+    return 0
+
+
+def _run_detector(args: argparse.Namespace, arch: DetectorArchitecture) -> int:
+    from dipr.export.onnx_export import (
+        SCORE_TOLERANCE_FP16,
+        SCORE_TOLERANCE_FP32,
+        TOLERANCE_FP16,
+        TOLERANCE_FP32,
+        ParityError,
+        build_detector_model,
+        check_parity,
+        detector_parity,
+        detector_request,
+        load_detector_parity_images,
+        pose_input_size,
+    )
+
+    options = _options(args, arch.name)
+    written = _write(
+        args,
+        arch.default_onnx,
+        lambda: detector_request(options),
+        lambda: build_detector_model(options),
+    )
+    if isinstance(written, int):
+        return written
+    detector, output = written
+    if args.skip_parity:
+        return 0
+    images = load_detector_parity_images(args.parity_images, pose_input_size(detector), count=8)
+    tolerance = TOLERANCE_FP16 if args.fp16 else TOLERANCE_FP32
+    score_tolerance = SCORE_TOLERANCE_FP16 if args.fp16 else SCORE_TOLERANCE_FP32
+    if args.fp16:
+        # fp16 is judged against the fp32 PyTorch network: that is what it approximates.
+        detector = build_detector_model(replace(options, fp16=False))[0]
+    worst = detector_parity(detector, output, images)
+    for batch in worst.coordinates:
+        print(
+            f"parity batch {batch}: max |ORT - PyTorch| = {worst.coordinates[batch]:.2e} px "
+            f"(boxes, keypoints), {worst.scores[batch]:.2e} (scores)"
+        )
+    try:
+        check_parity(worst.coordinates, tolerance)
+        check_parity(worst.scores, score_tolerance, unit="")
+    except ParityError as error:
+        return _fail(str(error))
+    print(f"parity ok (tolerance {tolerance} px, scores {score_tolerance})")
     return 0
 
 

@@ -1,11 +1,21 @@
 """Every network `dipr export` and `dipr train` know, one record each: the one place that knows
 an architecture.
 
-A record (`Architecture`) says what the network is (family, input size, embedded weights), which
-options apply to it, its defaults for export and training, and how to build it. Nothing here
-imports torch, safetensors or onnx, so that the CLIs list the architectures for `--help` without
-loading them: the builders live in each family's `build` module, which a record imports only when
-asked to build (as torchvision's weights enums carry their transforms).
+A record says what the network is (its role, family, input size, embedded weights), which options
+apply to it, its defaults, and how to build it. There are two roles:
+
+- pose models (`Architecture`, role "pose"): `dipr export` writes them to the pose contract
+  (`dipr.core.pose_contract`) and `dipr train` trains them;
+- person detectors (`DetectorArchitecture`, role "person_detector"): `dipr export` writes them to
+  the detector contract (`dipr.core.detector_contract`); nothing trains them, and the pose
+  options (β, region, window, debias, input size, MMPose config) do not apply.
+
+`architecture` and NAMES know pose models only (what `dipr train` offers); `export_architecture`
+and EXPORT_NAMES know both (what `dipr export` offers).
+
+Nothing here imports torch, safetensors or onnx, so that the CLIs list the architectures for
+`--help` without loading them: the builders live in each family's `build` module, which a record
+imports only when asked to build (as torchvision's weights enums carry their transforms).
 """
 
 from __future__ import annotations
@@ -13,9 +23,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dipr.models.movenet.variants import VARIANTS
+from dipr.models.movenet.variants import MULTIPOSE, MULTIPOSE_MAX_PERSONS, VARIANTS
 from dipr.models.regions import REGIONS, Region
 from dipr.models.simplebaseline.variants import (
     ARCH_PREFIX,
@@ -28,15 +38,18 @@ from dipr.models.simplebaseline.variants import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from dipr.models.movenet.multipose import MultiPoseDetector
     from dipr.models.movenet.pose import MoveNetPose
     from dipr.models.simplebaseline.pose import SimpleBaselinePose
 
 Family = Literal["movenet", "simplebaseline"]
+Role = Literal["pose", "person_detector"]
 
 MODELS_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = MODELS_DIR / "weights"
 ONNX_DIR = MODELS_DIR / "onnx"
 DEFAULT_EXPORT_ARCH = "movenet-thunder"  # what `dipr export` writes and `dipr serve` serves
+DEFAULT_DETECTOR_ARCH = MULTIPOSE.name  # the person detector `dipr export --arch` can write
 DEFAULT_TRAINING_ARCH = "simplebaseline-res50"
 DEFAULT_WINDOW = 7  # side of the k×k window of the "window" and "person" regions
 
@@ -80,8 +93,9 @@ class TrainingRequest:
 
 @dataclass(frozen=True)
 class Architecture:
-    """One network `dipr export` and `dipr train` can build, and what applies to it."""
+    """One pose network `dipr export` and `dipr train` can build, and what applies to it."""
 
+    role: ClassVar[Role] = "pose"
     name: str  # the `--arch` value and the ONNX metadata `name`
     family: Family
     variant: str  # the family's own name for it: MoveNet's "thunder", SimpleBaseline's "res50"
@@ -155,6 +169,80 @@ class Architecture:
         return importlib.import_module(self.builders).build_for_training(self, request)
 
 
+@dataclass(frozen=True)
+class DetectorExportRequest:
+    """What a detector's export builder is asked for."""
+
+    source: Path  # the embedded weights or `--weights`
+    fp16: bool
+
+
+@dataclass(frozen=True)
+class BuiltDetector:
+    """A deployable person detector (eval mode) and what the ONNX metadata says about it."""
+
+    detector: MultiPoseDetector
+    input_size: tuple[int, int]  # (width, height)
+    max_persons: int
+
+
+@dataclass(frozen=True)
+class DetectorArchitecture:
+    """One person detector `dipr export` can build. Not a pose model: `dipr train` does not offer
+    it, and `dipr export` refuses the pose options for it."""
+
+    role: ClassVar[Role] = "person_detector"
+    name: str  # the `--arch` value and the ONNX metadata `name`
+    family: Family
+    input_size: tuple[int, int]  # (width, height), fixed
+    weights: Path  # the embedded weights (`--weights` replaces them)
+    max_persons: int  # candidates per image (the contract's P)
+    builders: str  # the module with build_detector_for_export (imports torch)
+
+    @property
+    def default_onnx(self) -> Path:
+        """Where `dipr export` writes it unless told otherwise."""
+        return ONNX_DIR / f"{self.name}.onnx"
+
+    def check_options(
+        self,
+        *,
+        beta: float | None = None,
+        region: Region | None = None,
+        window: int | None = None,
+        input_size: tuple[int, int] | None = None,
+        debias: DebiasMode | None = None,
+        mmpose_config: str | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        """ValueError naming every pose-only option given (not None): none applies to a
+        detector; and a `--checkpoint`, since nothing trains one."""
+        pose_only = {
+            "--beta": beta,
+            "--region": region,
+            "--window": window,
+            "--input-size": input_size,
+            "--debias": debias,
+            "--mmpose-config": mmpose_config,
+        }
+        given = [flag for flag, value in pose_only.items() if value is not None]
+        if given:
+            several = len(given) > 1
+            raise ValueError(
+                f"{self.name} is a person detector, not a pose model: {', '.join(given)} "
+                f"{'apply' if several else 'applies'} to pose models only; "
+                f"drop {'them' if several else 'it'}"
+            )
+        if checkpoint is not None:
+            raise ValueError(
+                f"{self.name} is a person detector and has no training checkpoints "
+                "(`dipr train` trains pose models): pass other weights as --weights"
+            )
+
+    def build_for_export(self, request: DetectorExportRequest) -> BuiltDetector:
+        return importlib.import_module(self.builders).build_detector_for_export(self, request)
+
+
 def _either(values: tuple[str, ...]) -> str:
     return " or ".join(values)
 
@@ -206,16 +294,54 @@ ARCHITECTURES: dict[str, Architecture] = {
         *(_simplebaseline(depth) for depth in DEPTHS),
     )
 }
-NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
+NAMES: tuple[str, ...] = tuple(ARCHITECTURES)  # the pose models
 MOVENET_VARIANTS: tuple[str, ...] = tuple(sorted(VARIANTS))
 DEFAULT_ONNX = ARCHITECTURES[DEFAULT_EXPORT_ARCH].default_onnx
 
+DETECTORS: dict[str, DetectorArchitecture] = {
+    MULTIPOSE.name: DetectorArchitecture(
+        name=MULTIPOSE.name,
+        family="movenet",
+        input_size=(MULTIPOSE.input_size, MULTIPOSE.input_size),
+        weights=WEIGHTS_DIR / f"{MULTIPOSE.name}.safetensors",
+        max_persons=MULTIPOSE_MAX_PERSONS,
+        builders="dipr.models.movenet.build",
+    )
+}
+DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
+DEFAULT_DETECTOR_ONNX = DETECTORS[DEFAULT_DETECTOR_ARCH].default_onnx
+EXPORT_NAMES: tuple[str, ...] = NAMES + DETECTOR_NAMES  # what `dipr export --arch` offers
+
 
 def architecture(name: str) -> Architecture:
+    """The pose model of that name; ValueError for a detector or an unknown name."""
+    if name in DETECTORS:
+        raise ValueError(f"{name} is a person detector, not a pose model")
     try:
         return ARCHITECTURES[name]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(NAMES)}") from None
+
+
+def detector_architecture(name: str) -> DetectorArchitecture:
+    """The person detector of that name; ValueError for a pose model or an unknown name."""
+    if name in ARCHITECTURES:
+        raise ValueError(f"{name} is a pose model, not a person detector")
+    try:
+        return DETECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_NAMES)}") from None
+
+
+def export_architecture(name: str) -> Architecture | DetectorArchitecture:
+    """Any record `dipr export` can build: a pose model or a person detector."""
+    if name in DETECTORS:
+        return DETECTORS[name]
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(EXPORT_NAMES)
+        raise ValueError(f"unknown architecture {name!r}; known: {known}") from None
 
 
 def movenet_variant(variant: str) -> Architecture:

@@ -1,23 +1,37 @@
-"""ONNX Runtime: load a model that follows the dipr contract, pick the provider, run batches."""
+"""ONNX Runtime: load a model that follows a dipr contract (pose or detector), pick the provider,
+run batches."""
 
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
-from dipr.core import contract
-from dipr.core.contract import ModelInfo, describe
+from dipr.core import pose_contract
 from dipr.core.errors import ModelError
+from dipr.core.pose_contract import Session
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
+
+
+class Described(Protocol):
+    """What the backend needs of a contract's description of a model."""
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+
+Info = TypeVar("Info", bound=Described)
+Describe = Callable[[Session], Info]
 
 
 class ProviderUnavailable(Exception):
@@ -61,16 +75,28 @@ class TensorrtOptions:
         }
 
 
-def _read_info(path: Path) -> ModelInfo:
-    """The model's description alone, from an unoptimised CPU session (TensorRT's options need
-    the input size before the real session exists)."""
+def warm_up_sizes(largest: int) -> list[int]:
+    """The batch sizes to run once at start: powers of two up to the largest batch, and it."""
+    sizes = [1]
+    while sizes[-1] * 2 <= largest:
+        sizes.append(sizes[-1] * 2)
+    return sorted({*sizes, largest})
+
+
+def _input_size(path: Path, describe: Describe[Info]) -> tuple[int, int]:
+    """The model's input size alone, from an unoptimised CPU session (TensorRT's options need it
+    before the real session exists)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return describe(ort.InferenceSession(str(path), options, providers=[CPU]))
+    return describe(ort.InferenceSession(str(path), options, providers=[CPU])).input_size
 
 
 def _providers(
-    requested: str, path: Path, device_id: int, tensorrt: TensorrtOptions | None
+    requested: str,
+    path: Path,
+    device_id: int,
+    tensorrt: TensorrtOptions | None,
+    describe: Describe[Info],
 ) -> list[str | tuple[str, dict[str, object]]]:
     available = ort.get_available_providers()
     cuda = (CUDA, {"device_id": device_id})
@@ -78,7 +104,7 @@ def _providers(
         tensorrt = tensorrt or TensorrtOptions()
         tensorrt.engine_dir.mkdir(parents=True, exist_ok=True)
         trt_options = tensorrt.provider_options(
-            contract.INPUT, _read_info(path).input_size, device_id
+            pose_contract.INPUT, _input_size(path, describe), device_id
         )
         # Nodes TensorRT cannot take run on CUDA; CPU only for what CUDA lacks.
         return [(TENSORRT, trt_options), cuda, CPU]
@@ -94,7 +120,10 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
-class OnnxBackend:
+class OnnxBackend(Generic[Info]):
+    """One model in ONNX Runtime; `describe` is its contract's reader and checker (the pose
+    model's by default), whose description becomes `info`."""
+
     def __init__(
         self,
         path: Path,
@@ -102,13 +131,14 @@ class OnnxBackend:
         device_id: int = 0,
         intra_op_threads: int = 0,
         tensorrt: TensorrtOptions | None = None,
+        describe: Describe[Info] = pose_contract.describe,  # type: ignore[assignment]
     ) -> None:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         self._path = path
         options = _session_options(intra_op_threads)
         try:
-            providers = _providers(provider, path, device_id, tensorrt)
+            providers = _providers(provider, path, device_id, tensorrt, describe)
             wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises several unrelated types for bad files
@@ -122,8 +152,8 @@ class OnnxBackend:
                 f"{what} was requested ({provider}) but onnxruntime runs on {self.provider}: "
                 "check the CUDA, cuDNN (and TensorRT) libraries matching onnxruntime-gpu"
             )
-        self.info = describe(self.session)
-        self._outputs = list(self.info.outputs)
+        self.info: Info = describe(self.session)
+        self._outputs = [output.name for output in self.session.get_outputs()]
         self._alongside: ort.InferenceSession | None = None
 
     def add_alongside_session(self, threads: int) -> None:
@@ -141,7 +171,7 @@ class OnnxBackend:
             # IOBinding: one host→device copy of the input and device→host of the outputs,
             # without Run()'s intermediate staging.
             binding = self.session.io_binding()
-            binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(batch))
+            binding.bind_cpu_input(pose_contract.INPUT, np.ascontiguousarray(batch))
             for name in self._outputs:
                 binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
@@ -156,7 +186,7 @@ class OnnxBackend:
         return self._run(self._alongside, batch)
 
     def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = session.run(self._outputs, {contract.INPUT: batch})
+        values = session.run(self._outputs, {pose_contract.INPUT: batch})
         return dict(zip(self._outputs, values, strict=True))
 
     def configure_workers(self, workers: int, intra_op_threads: int) -> int:

@@ -7,7 +7,8 @@ queued while the previous batch ran, which keeps latency at concurrency 1 unchan
 small delay can buy larger batches. With several workers, a batch that has the machine to itself
 runs with `infer`, and batches that run side by side with `infer_alongside` (on CPU: a share of
 the cores each). A request's crops may span several batches; its result is reassembled in crop
-order. The queue is bounded in crops (full → `Overloaded`), each request has a deadline (passed →
+order. The queue is bounded in crops (full → `Overloaded`; an empty queue takes any one request,
+so it holds at most max(max_queue, one request's crops)), each request has a deadline (passed →
 `DeadlineExceeded`; crops not yet run are dropped), and a failing batch fails only the requests
 that had crops in it.
 """
@@ -146,7 +147,9 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise Overloaded("the service is shutting down")
-            if len(self._queue) + len(crops) > self.max_queue:
+            # An empty queue takes any one request, even one larger than it (the persons a
+            # detector found in many images): refused, it could never be admitted.
+            if self._queue and len(self._queue) + len(crops) > self.max_queue:
                 raise Overloaded(f"queue full ({len(self._queue)} crops waiting)")
             self._queue.extend((job, i) for i in range(len(crops)))
             self._observer.queue_depth(len(self._queue))

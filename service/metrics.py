@@ -34,10 +34,12 @@ LATENCY_BUCKETS = (
     30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PERSON_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 16, 32, 64)
 
 
 class ServiceMetrics:
-    """The service's metrics; also the batcher's observer."""
+    """The service's metrics. The two models' batchers report through `batcher_observer`, each
+    under its own `model` label ("pose", "detector"); the pipeline through `stage_done`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -56,42 +58,65 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage_duration = Histogram(
+            "dipr_stage_duration_seconds",
+            "Time of one pipeline stage: per image for decode, letterbox and crop; per request "
+            "for detect and pose (waiting for a batch included)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "dipr_queue_wait_seconds",
-            "Time a crop waited in the batch queue",
+            "Time an input (crop or letterboxed image) waited in its model's batch queue",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_duration = Histogram(
             "dipr_inference_duration_seconds",
             "Time of one batched inference",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "dipr_batch_size", "Crops per inference batch", buckets=BATCH_BUCKETS, registry=r
+            "dipr_batch_size",
+            "Inputs per inference batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.queue_depth_gauge = Gauge(
             "dipr_queue_depth",
-            "Crops waiting for inference",
+            "Inputs waiting for inference",
+            ["model"],
             multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_capacity = Gauge(
             "dipr_queue_capacity",
-            "Crops the queue holds before requests get 503 (DIPR_MAX_QUEUE)",
+            "Inputs the queue holds before requests get 503 (DIPR_MAX_QUEUE, "
+            "DIPR_DETECTOR_MAX_QUEUE)",
+            ["model"],
             multiprocess_mode="livemax",
             registry=r,
         )
         self.persons = Counter("dipr_persons", "Person crops estimated", registry=r)
+        self.persons_per_image = Histogram(
+            "dipr_persons_per_image",
+            "Persons estimated in one image (boxes sent, or found by the detector)",
+            buckets=PERSON_BUCKETS,
+            registry=r,
+        )
         self.images = Counter("dipr_images", "Images estimated", registry=r)
         self.rejected = Counter(
             "dipr_rejected", "Requests refused, by reason", ["reason"], registry=r
         )
         self.model_info = Gauge(
             "dipr_model_info",
-            "The model being served (value 1)",
-            ["name", "version", "provider"],
+            "The models being served (value 1), by role: pose, detector",
+            ["role", "name", "version", "provider"],
             multiprocess_mode="liveall",
             registry=r,
         )
@@ -105,12 +130,29 @@ class ServiceMetrics:
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.exposition_registry), CONTENT_TYPE_LATEST
 
-    # BatchObserver
+    def batcher_observer(self, model: str) -> "BatcherMetrics":
+        return BatcherMetrics(self, model)
+
+    # StageObserver
+    def stage_done(self, stage: str, seconds: float) -> None:
+        self.stage_duration.labels(stage).observe(seconds)
+
+
+class BatcherMetrics:
+    """One model's batcher, reported under its `model` label (a BatchObserver)."""
+
+    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
+        self._batch_size = metrics.batch_size.labels(model)
+        self._inference = metrics.inference_duration.labels(model)
+        self._queue_wait = metrics.queue_wait.labels(model)
+        self._queue_depth = metrics.queue_depth_gauge.labels(model)
+        self.capacity = metrics.queue_capacity.labels(model)
+
     def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference_duration.observe(seconds)
+        self._batch_size.observe(size)
+        self._inference.observe(seconds)
         for wait in queue_waits:
-            self.queue_wait.observe(wait)
+            self._queue_wait.observe(wait)
 
     def queue_depth(self, depth: int) -> None:
-        self.queue_depth_gauge.set(depth)
+        self._queue_depth.set(depth)

@@ -1,26 +1,27 @@
 """A request's images through a sequence of stages, and what comes out: poses in image pixels.
 
-A stage is one step of the data flow (decode → crop → pose → back to image pixels; person
-detection goes in as one more). Each image of a request is an `ImageWork` that the stages fill
-in turn. Two kinds:
+A stage is one step of the data flow (decode → letterbox → detect → crop → pose → back to image
+pixels). Each image of a request is an `ImageWork` that the stages fill in turn. Two kinds:
 
 - `ImageStage`: one image at a time, synchronous. CPU-heavy ones (`offload = True`: decoding,
   warping) run in a worker thread, off the event loop; consecutive ones share one thread hop.
 - `RequestStage`: every image of the request at once, asynchronous: it waits for shared work
-  (a batch of inference with other requests' crops).
+  (a batch of inference with other requests' images or crops).
 
 Nothing here knows HTTP or ONNX: requests arrive as bytes with their boxes and leave as results.
 """
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from dipr.core.crops import Box
-from dipr.core.images import DecodedImage
+from dipr.core.detection import DetectedPerson
+from dipr.core.images import DecodedImage, ImageHeader
 from dipr.core.prepare import CroppedImage
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ T = TypeVar("T")
 class ImageInput:
     data: bytes
     media_type: str | None  # as declared by the client, normalised (`core.images.media_type`)
-    boxes: Sequence[Box] | None  # None: the whole image is one person
+    boxes: Sequence[Box] | None  # None: the persons are to be found (or the whole image is one)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class PoseOptions:
     """Per-request choices."""
 
     keep_pixels: bool = False  # decode every pixel and return them (for drawing)
+    # Find the persons of images sent without boxes (False: each is one whole-image crop; None:
+    # whatever the service does, which is to detect unless detection is off).
+    detect: bool | None = None
+    min_score: float | None = None  # the detector's threshold; None: the service's default
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class PersonPose:
     keypoints: np.ndarray  # [K, 2] (x, y) image pixels, debiased
     keypoints_raw: np.ndarray  # [K, 2] uncorrected soft-argmax, image pixels
     scores: np.ndarray  # [K]
+    box_score: float | None = None  # the detector's, for a person it found
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,17 @@ class ImageWork:
     source: ImageInput
     options: PoseOptions
     boxes: Sequence[Box] | None = None  # the persons to crop; None: the whole image
-    decoded: DecodedImage | None = None  # set by decoding
+    header: ImageHeader | None = None  # set by decoding
+    decoded: DecodedImage | None = None  # set by decoding (finer again after detection)
+    detector_input: CroppedImage | None = None  # the letterbox, for an image to detect in
+    detected: list[DetectedPerson] | None = None  # set by detection: `boxes` are theirs
     cropped: CroppedImage | None = None  # set by cropping
     pose_outputs: dict[str, np.ndarray] | None = None  # the pose model's rows, one per crop
     persons: list[PersonPose] = field(default_factory=list)
+
+    @property
+    def wants_detection(self) -> bool:
+        return self.source.boxes is None and self.options.detect is not False
 
     def result(self) -> ImagePoses:
         decoded = required(self.decoded, "decoded")
@@ -82,9 +95,16 @@ def required(value: T | None, name: str) -> T:
     return value
 
 
+class StageObserver(Protocol):
+    """What the pipeline reports (the service turns it into metrics)."""
+
+    def stage_done(self, stage: str, seconds: float) -> None: ...
+
+
 class ImageStage:
     """One image at a time; `offload`: run in a worker thread (CPU-heavy)."""
 
+    name: str = "image"
     offload: bool = True
 
     def run_image(self, work: ImageWork) -> None:
@@ -94,6 +114,8 @@ class ImageStage:
 class RequestStage:
     """Every image of one request at once, on the event loop."""
 
+    name: str = "request"
+
     async def run_request(self, works: list[ImageWork], deadline: float) -> None:
         raise NotImplementedError
 
@@ -101,10 +123,16 @@ class RequestStage:
 Stage = ImageStage | RequestStage
 
 
+class _Unobserved:
+    def stage_done(self, stage: str, seconds: float) -> None:
+        pass
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], observer: StageObserver | None = None) -> None:
         self.stages = tuple(stages)
         self._steps = _group(self.stages)
+        self._observer = observer or _Unobserved()
 
     async def run(
         self, images: Sequence[ImageInput], options: PoseOptions, deadline: float
@@ -112,18 +140,21 @@ class Pipeline:
         works = [ImageWork(image, options, image.boxes) for image in images]
         for step in self._steps:
             if isinstance(step, RequestStage):
+                started = time.perf_counter()
                 await step.run_request(works, deadline)
+                self._observer.stage_done(step.name, time.perf_counter() - started)
             elif step[0].offload:
-                await asyncio.gather(*(asyncio.to_thread(_run_all, step, w) for w in works))
+                await asyncio.gather(*(asyncio.to_thread(self._run_all, step, w) for w in works))
             else:
                 for work in works:
-                    _run_all(step, work)
+                    self._run_all(step, work)
         return [work.result() for work in works]
 
-
-def _run_all(stages: tuple[ImageStage, ...], work: ImageWork) -> None:
-    for stage in stages:
-        stage.run_image(work)
+    def _run_all(self, stages: tuple[ImageStage, ...], work: ImageWork) -> None:
+        for stage in stages:
+            started = time.perf_counter()
+            stage.run_image(work)
+            self._observer.stage_done(stage.name, time.perf_counter() - started)
 
 
 def _group(stages: Sequence[Stage]) -> list[RequestStage | tuple[ImageStage, ...]]:

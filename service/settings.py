@@ -8,7 +8,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dipr.core.crops import PADDING
-from dipr.models.registry import DEFAULT_ONNX
+from dipr.core.detection import DEFAULT_MIN_PERSON_SCORE
+from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
 
 MiB = 1024 * 1024
 
@@ -67,6 +68,33 @@ class Settings(BaseSettings):
     failure_threshold: int = Field(
         3, ge=1, description="consecutive failed batches after which readiness goes down"
     )
+    detect: bool = Field(
+        True,
+        description="find the persons of an image sent without boxes with the detector "
+        "(false: such an image is one whole-image crop, and no detector is loaded)",
+    )
+    detector_path: Path = Field(
+        DEFAULT_DETECTOR_ONNX, description="ONNX person detector following the dipr contract"
+    )
+    min_person_score: float = Field(
+        DEFAULT_MIN_PERSON_SCORE,
+        ge=0.0,
+        le=1.0,
+        description="the detector's box score from which a candidate is a person "
+        "(per request: ?min_score=)",
+    )
+    detector_box: Literal["box", "keypoints"] = Field(
+        "box",
+        description="what a detected person is cropped by: the detector's box, or the extent "
+        "of its own confident keypoints",
+    )
+    detector_max_batch_size: int = Field(8, ge=1, description="most images in one detection")
+    detector_max_queue: int = Field(
+        64,
+        ge=1,
+        description="most images waiting for detection; beyond it requests get 503 with "
+        "Retry-After",
+    )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -114,14 +142,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _boxes_fit_the_queue(self) -> "Settings":
-        # A request with more crops than the queue holds could never be admitted.
+        # A request with more crops (or images to detect in) than the queue holds could never be
+        # admitted.
         if max(self.max_boxes, self.max_images) > self.max_queue:
             raise ValueError("max_boxes and max_images must not exceed max_queue")
+        if self.detect and self.max_images > self.detector_max_queue:
+            raise ValueError("max_images must not exceed detector_max_queue")
         return self
-
-    @property
-    def warmup_batch_sizes(self) -> list[int]:
-        sizes = [1]
-        while sizes[-1] * 2 <= self.max_batch_size:
-            sizes.append(sizes[-1] * 2)
-        return sorted({*sizes, self.max_batch_size})

@@ -22,19 +22,39 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
         (4, 1),
         (4, 2),
     ]
-    assert {(r["concurrency"], r["crops_per_request"]) for r in report["service"]} == {
-        (1, 1),
-        (8, 1),
-        (8, 4),
+    assert {(r["target"], r["concurrency"], r["crops_per_request"]) for r in report["service"]} == {
+        ("service", 1, 1),
+        ("service", 8, 1),
+        ("service", 8, 4),
+        ("service, no boxes", 1, 3),  # the group photo: three persons found
+        ("service, no boxes", 8, 3),
     }
-    assert {r["concurrency"] for r in report["naive"]} == {1, 8}
+    assert {(r["target"], r["concurrency"]) for r in report["naive"]} == {
+        ("naive", 1),
+        ("naive", 8),
+        ("naive, no boxes", 1),
+        ("naive, no boxes", 8),
+    }
+    assert report["group_persons"] == 3
+    assert [(r["batch_size"], r["streams"]) for r in report["detection_limit"]] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
+    no_boxes = next(
+        r for r in report["service"] if (r["target"], r["concurrency"]) == ("service, no boxes", 8)
+    )
+    assert report["ratios"]["no_boxes_service_c8_images_per_s_over_limit_best"] == pytest.approx(
+        no_boxes["requests_per_s"] / max(r["images_per_s"] for r in report["detection_limit"])
+    )
     for result in report["service"] + report["naive"]:
         assert result["errors"] == 0 and result["requests"] > 0
         assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
     for result in report["limit"]:
         assert result["images_per_s"] > 0
     best = max(r["images_per_s"] for r in report["limit"])
-    service_best = max(r["crops_per_s"] for r in report["service"])
+    service_best = max(r["crops_per_s"] for r in report["service"] if r["target"] == "service")
     ratio = report["ratios"]["service_best_images_per_s_over_limit_best"]
     assert ratio == pytest.approx(service_best / best)
     assert report["provider"] == "cpu"

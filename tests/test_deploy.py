@@ -297,12 +297,18 @@ def test_the_image_gets_every_folder_of_the_package() -> None:
 def test_the_wheel_holds_every_module_of_the_package(tmp_path: Path) -> None:
     """The images install a regular wheel, not an editable checkout: every module of every
     linked folder must be in it (setuptools follows the links), and the shipped model files."""
+    # Built from a copy: setuptools leaves a build/ folder behind, whose stale files a later
+    # build of the checkout would ship.
+    source = tmp_path / "source"
+    left_out = (".venv", ".git", "build", "*.egg-info", "node_modules", ".*cache", "__pycache__")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(*left_out))
+    wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
         check=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("dipr-*.whl")
+    (wheel,) = wheels.glob("dipr-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
     expected = {"dipr/__init__.py", "dipr/cli.py", "dipr/models/onnx/movenet-thunder.onnx"}

@@ -43,6 +43,7 @@ from tests.helpers.image_files import (
     smooth_bgr,
     vp8x_chunk,
 )
+from tests.helpers.paths import PHOTOS
 from tests.helpers.service_process import ServiceProcess, service_process
 
 MAX_BYTES = 2_000_000
@@ -86,7 +87,14 @@ def rgb_png(height: int, width: int) -> bytes:
     return encoded("png", smooth_bgr(height, width))
 
 
-PROBE = rgb_png(64, 64)  # the valid request sent after every hostile one
+def person_png(side: int) -> bytes:
+    """The astronaut fixture photo (one person) scaled to side × side, as PNG."""
+    bgr = cv2.imread(str(PHOTOS / "astronaut.jpg"), cv2.IMREAD_COLOR)
+    return encode(".png", cv2.resize(bgr, (side, side), interpolation=cv2.INTER_AREA))
+
+
+# The valid request sent after every hostile one: a person for the detector to find.
+PROBE = person_png(64)
 
 
 def image_part(data: bytes, content_type: str = "image/png", name: str = "x") -> tuple:
@@ -110,7 +118,7 @@ def raw(name: str, data: bytes, content_type: str, status: int, code: str | None
 
 
 def with_boxes(name: str, boxes: str, status: int, code: str | None = None, **kwargs) -> Hostile:
-    """The valid 64×64 PNG with this text in the `boxes` field."""
+    """The valid 64×64 PNG of a person with this text in the `boxes` field."""
     return Hostile(name, status, code, files=[image_part(PROBE)], data={"boxes": boxes}, **kwargs)
 
 
@@ -300,7 +308,7 @@ def image_cases() -> list[Hostile]:
             "images-at-the-limit",
             200,
             files=[image_part(rgb_png(8 + i, 8)) for i in range(MAX_IMAGES)],
-            check=persons(*[1] * MAX_IMAGES),
+            check=persons(*[0] * MAX_IMAGES),  # colour gradients: nobody in them
         ),
         Hostile(
             "one-image-too-many",
@@ -411,7 +419,7 @@ def box_cases() -> list[Hostile]:
             200,
             check=persons(MAX_BOXES),
         ),
-        with_boxes("boxes-empty-means-whole-image", "  ", 200, check=persons(1)),
+        with_boxes("boxes-empty-means-find-the-persons", "  ", 200, check=persons(1)),
         Hostile(
             "boxes-as-a-file-part",
             200,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dipr.cli import main as dipr
-from dipr.core import contract
+from dipr.core import pose_contract
 from dipr.models.simplebaseline.mmpose_import import CheckpointError, load_mmpose_checkpoint
 from dipr.models.simplebaseline.weights import load_simplebaseline, resolve_mmpose_config
 from tests.helpers.mmpose_layout import (
@@ -155,17 +155,18 @@ def ipr_res50_onnx(ipr_res50, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_exported_mmpose_checkpoint_follows_the_contract(ipr_res50_onnx: Path) -> None:
     model = onnx.load(str(ipr_res50_onnx))
     (image,) = model.graph.input
-    assert image.name == contract.INPUT
+    assert image.name == pose_contract.INPUT
     assert [d.dim_value for d in image.type.tensor_type.shape.dim[1:]] == [256, 256, 3]
-    assert [o.name for o in model.graph.output] == list(contract.REQUIRED_OUTPUTS)
+    assert [o.name for o in model.graph.output] == list(pose_contract.REQUIRED_OUTPUTS)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert set(contract.METADATA_KEYS) <= meta.keys()
-    assert set(contract.OPTIONAL_METADATA_KEYS) <= meta.keys()
-    assert meta[contract.NAME] == "simplebaseline-res50"
-    assert json.loads(meta[contract.INPUT_SIZE]) == [256, 256]
-    assert (meta[contract.DEBIAS], meta[contract.DEBIAS_MODE]) == ("true", "mmpose")
-    assert (meta[contract.TRAINED_DEBIAS], meta[contract.COORDINATES]) == ("mmpose", "mmpose")
-    assert float(meta[contract.BETA]) == 10.0 and meta[contract.REGION] == "global"
+    assert set(pose_contract.METADATA_KEYS) <= meta.keys()
+    assert set(pose_contract.OPTIONAL_METADATA_KEYS) <= meta.keys()
+    assert meta[pose_contract.NAME] == "simplebaseline-res50"
+    assert json.loads(meta[pose_contract.INPUT_SIZE]) == [256, 256]
+    assert (meta[pose_contract.DEBIAS], meta[pose_contract.DEBIAS_MODE]) == ("true", "mmpose")
+    trained = (meta[pose_contract.TRAINED_DEBIAS], meta[pose_contract.COORDINATES])
+    assert trained == ("mmpose", "mmpose")
+    assert float(meta[pose_contract.BETA]) == 10.0 and meta[pose_contract.REGION] == "global"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from dipr.benchmarks.servers import free_port
-from dipr.core import contract
+from dipr.core import detector_contract, pose_contract
 from dipr.core.keypoints import COCO_KEYPOINTS, COCO_SKELETON
 from tests.helpers.paths import PHOTOS
 from tests.helpers.service_process import service_process
@@ -45,10 +45,10 @@ def faulty_model(path: Path) -> Path:
         helper.make_node("Gather", ["table", "index"], ["looked_up"]),  # [N]; raises if ≥ k
         helper.make_node("Reshape", ["looked_up", "column"], ["per_image"]),  # [N, 1]
         helper.make_node("Mul", ["per_image", "zeros_k"], ["scores_zero"]),  # [N, K]
-        helper.make_node("Add", ["scores_zero", "half_k"], [contract.SCORES]),
+        helper.make_node("Add", ["scores_zero", "half_k"], [pose_contract.SCORES]),
         helper.make_node("Reshape", ["per_image", "column3"], ["per_image3"]),  # [N, 1, 1]
-        helper.make_node("Mul", ["per_image3", "points"], [contract.KEYPOINTS]),  # [N, K, 2]
-        helper.make_node("Identity", [contract.KEYPOINTS], [contract.KEYPOINTS_RAW]),
+        helper.make_node("Mul", ["per_image3", "points"], [pose_contract.KEYPOINTS]),  # [N, K, 2]
+        helper.make_node("Identity", [pose_contract.KEYPOINTS], [pose_contract.KEYPOINTS_RAW]),
     ]
     inits = [
         helper.make_tensor("table", TensorProto.FLOAT, [k], [1.0] * k),
@@ -63,21 +63,77 @@ def faulty_model(path: Path) -> Path:
         "faulty",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
         [
-            helper.make_tensor_value_info(contract.KEYPOINTS, TensorProto.FLOAT, ["N", k, 2]),
-            helper.make_tensor_value_info(contract.SCORES, TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info(contract.KEYPOINTS_RAW, TensorProto.FLOAT, ["N", k, 2]),
+            helper.make_tensor_value_info(pose_contract.KEYPOINTS, TensorProto.FLOAT, ["N", k, 2]),
+            helper.make_tensor_value_info(pose_contract.SCORES, TensorProto.FLOAT, ["N", k]),
+            helper.make_tensor_value_info(
+                pose_contract.KEYPOINTS_RAW, TensorProto.FLOAT, ["N", k, 2]
+            ),
         ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in {
-        contract.NAME: "faulty",
-        contract.VERSION: "0",
-        contract.INPUT_SIZE: "[32, 32]",
-        contract.KEYPOINT_NAMES: json.dumps(list(COCO_KEYPOINTS)),
-        contract.SKELETON: json.dumps([list(limb) for limb in COCO_SKELETON]),
-        contract.DEBIAS: "false",
+        pose_contract.NAME: "faulty",
+        pose_contract.VERSION: "0",
+        pose_contract.INPUT_SIZE: "[32, 32]",
+        pose_contract.KEYPOINT_NAMES: json.dumps(list(COCO_KEYPOINTS)),
+        pose_contract.SKELETON: json.dumps([list(limb) for limb in COCO_SKELETON]),
+        pose_contract.DEBIAS: "false",
+    }.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def faulty_detector(path: Path) -> Path:
+    """A detector following its contract that raises for bright images as `faulty_model` does,
+    and finds 6 persons (score 0.5, the same box) in any other."""
+    persons, k = 6, len(COCO_KEYPOINTS)
+    outputs = {
+        detector_contract.BOXES: ([persons, 4], [4.0, 4.0, 28.0, 28.0] * persons),
+        detector_contract.BOX_SCORES: ([persons], [0.5] * persons),
+        detector_contract.KEYPOINTS: ([persons, k, 2], [16.0] * (persons * k * 2)),
+        detector_contract.KEYPOINT_SCORES: ([persons, k], [0.5] * (persons * k)),
+    }
+    nodes = [
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0, axes=[1, 2, 3]),
+        helper.make_node("Cast", ["peak"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["looked_up"]),  # [N]; raises if ≥ 17
+    ]
+    inits = [helper.make_tensor("table", TensorProto.FLOAT, [k], [1.0] * k)]
+    for name, (shape, values) in outputs.items():
+        # [N, 1, …] × the constant [1, …]: one copy of it per image.
+        nodes += [
+            helper.make_node("Reshape", ["looked_up", f"{name}_column"], [f"{name}_per_image"]),
+            helper.make_node("Mul", [f"{name}_per_image", f"{name}_value"], [name]),
+        ]
+        column = [-1] + [1] * len(shape)
+        inits += [
+            helper.make_tensor(f"{name}_column", TensorProto.INT64, [len(column)], column),
+            helper.make_tensor(f"{name}_value", TensorProto.FLOAT, [1, *shape], values),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "faulty-detector",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shape])
+            for name, (shape, _) in outputs.items()
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {
+        detector_contract.ROLE: detector_contract.ROLE_PERSON_DETECTOR,
+        detector_contract.NAME: "faulty-detector",
+        detector_contract.VERSION: "0",
+        detector_contract.INPUT_SIZE: "[32, 32]",
+        detector_contract.MAX_PERSONS: str(persons),
+        detector_contract.KEYPOINT_NAMES: json.dumps(list(COCO_KEYPOINTS)),
+        detector_contract.LETTERBOX: detector_contract.LETTERBOX_CENTRED,
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -91,9 +147,16 @@ def pose(url: str, image: bytes, **kwargs: object) -> httpx.Response:
     )  # type: ignore[arg-type]
 
 
-def test_a_failing_batch_fails_only_its_requests_then_readiness_reports_it(tmp_path: Path) -> None:
-    model = faulty_model(tmp_path / "faulty.onnx")
-    with running_service(model_path=model, failure_threshold=3, max_batch_size=8) as url:
+@pytest.mark.parametrize("failing", ["pose model", "detector"])
+def test_a_failing_batch_fails_only_its_requests_then_readiness_reports_it(
+    tmp_path: Path, failing: str
+) -> None:
+    if failing == "pose model":  # images without boxes as whole-image crops: no detector
+        settings: dict[str, object] = {"model_path": faulty_model(tmp_path / "faulty.onnx")}
+        settings["detect"] = False
+    else:
+        settings = {"detector_path": faulty_detector(tmp_path / "faulty-detector.onnx")}
+    with running_service(failure_threshold=3, max_batch_size=8, **settings) as url:
         assert pose(url, png_of(5)).status_code == 200
         failed = pose(url, png_of(POISON))
         assert failed.status_code == 500

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.helpers.image_files import side_by_side
 from tests.helpers.paths import PHOTOS
 from tests.helpers.service_process import service_process
 from tests.helpers.serving import running_service
@@ -126,7 +127,11 @@ def test_images_and_boxes_keep_their_order(url: str) -> None:
     ]
     assert [len(r["persons"]) for r in results] == [2, 1, 1]
     assert results[0]["persons"][1]["box"] == ASTRONAUT_BOX
-    assert results[1]["persons"][0]["box"] == [0, 0, 512, 600]  # no boxes: the whole image
+    # No boxes: the person the detector finds, with its score, inside the image.
+    (found,) = results[1]["persons"]
+    assert 0.1 <= found["box_score"] <= 1 and "box_score" not in results[0]["persons"][0]
+    x1, y1, x2, y2 = found["box"]
+    assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 600 and (x2 - x1) * (y2 - y1) > 512 * 600 / 4
     # Each person's answer is the one a request of its own gets.
     alone = post(url, [("h.png", hopper)], boxes=[[[100, 50, 400, 500]]]).json()
     np.testing.assert_allclose(
@@ -165,15 +170,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(url: str) 
         assert response.status_code == 200
         got = keypoints(response.json()["results"][0]["persons"][0])
         np.testing.assert_allclose(got, expected[i % 3], atol=0.01)
-    single = metric_value(after, "dipr_batch_size_bucket", '{le="1.0"}') - metric_value(
-        before, "dipr_batch_size_bucket", '{le="1.0"}'
-    )
-    batches = metric_value(after, "dipr_batch_size_count") - metric_value(
-        before, "dipr_batch_size_count"
-    )
-    crops = metric_value(after, "dipr_batch_size_sum") - metric_value(before, "dipr_batch_size_sum")
-    assert crops == 24
-    assert batches < 24 and single < batches  # some batches held more than one crop
+    for model in ("pose", "detector"):  # 24 images, one person each: 24 of either input
+        labels = f'{{model="{model}"}}'
+        single = metric_value(
+            after, "dipr_batch_size_bucket", f'{{model="{model}",le="1.0"}}'
+        ) - metric_value(before, "dipr_batch_size_bucket", f'{{model="{model}",le="1.0"}}')
+        batches = metric_value(after, "dipr_batch_size_count", labels) - metric_value(
+            before, "dipr_batch_size_count", labels
+        )
+        inputs = metric_value(after, "dipr_batch_size_sum", labels) - metric_value(
+            before, "dipr_batch_size_sum", labels
+        )
+        assert inputs == 24, model
+        assert batches < 24 and single < batches, model  # some batches held more than one
     images_delta = metric_value(after, "dipr_images_total") - metric_value(
         before, "dipr_images_total"
     )
@@ -308,6 +317,65 @@ def test_model_endpoint_reports_metadata_and_provider(url: str) -> None:
     assert body["input_size"] == [256, 256]
     assert len(body["keypoint_names"]) == 17 and len(body["skeleton"]) == 19
     assert body["metadata"]["region"] in ("global", "window", "person")
+    detector = body["detector"]
+    assert (detector["name"], detector["max_persons"]) == ("movenet-multipose", 6)
+    assert detector["input_size"] == [256, 256]
+    assert detector["metadata"]["role"] == "person_detector"
+
+
+def three_persons() -> bytes:
+    return side_by_side("astronaut.jpg", "camera.jpg", "grace_hopper.jpg")
+
+
+def test_a_photo_of_several_people_without_boxes_gives_each_of_them(url: str) -> None:
+    response = httpx.post(
+        f"{url}/pose", content=three_persons(), headers={"content-type": "image/jpeg"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    persons = result["persons"]
+    assert len(persons) == 3
+    scores = [person["box_score"] for person in persons]
+    assert scores == sorted(scores, reverse=True)
+    assert all(len(person["keypoints"]) == 17 for person in persons)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [({"detect": "false"}, 1), ({"min_score": "0.99"}, 0), ({"min_score": "0"}, 6)],
+)
+def test_detection_per_request(url: str, params: dict[str, str], expected: int) -> None:
+    response = httpx.post(
+        f"{url}/pose",
+        params=params,
+        content=three_persons(),
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"][0]["persons"]) == expected
+
+
+@pytest.mark.parametrize("params", [{"min_score": "1.5"}, {"min_score": "x"}, {"detect": "x"}])
+def test_bad_detection_parameters_are_422(url: str, params: dict[str, str]) -> None:
+    headers = {"content-type": "image/jpeg"}
+    response = httpx.post(f"{url}/pose", params=params, content=three_persons(), headers=headers)
+    assert_error(response, 422, "invalid_request")
+    assert next(iter(params)) in response.json()["error"]["message"]
+
+
+def test_render_draws_every_person_found(url: str) -> None:
+    image = three_persons()
+    drawn = httpx.post(
+        f"{url}/pose/render", content=image, headers={"content-type": "image/jpeg"}, timeout=60
+    )
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/jpeg"
+    original = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    rendered = cv2.imdecode(np.frombuffer(drawn.content, np.uint8), cv2.IMREAD_COLOR)
+    changed = np.abs(rendered.astype(int) - original.astype(int)).max(axis=2) > 60
+    # Drawings in each third of the picture: one skeleton per person.
+    thirds = [changed[:, i * 1370 // 3 : (i + 1) * 1370 // 3].mean() for i in range(3)]
+    assert min(thirds) > 0.002, thirds
 
 
 def test_metrics_pass_promtool_and_count(url: str) -> None:
@@ -335,8 +403,15 @@ def test_metrics_pass_promtool_and_count(url: str) -> None:
         "dipr_images_total",
         "dipr_rejected_total",
         "dipr_model_info",
+        "dipr_stage_duration_seconds_bucket",
+        "dipr_persons_per_image_bucket",
     ):
         assert re.search(rf"^{name}\b", after, re.MULTILINE), name
+    for stage in ("decode", "crop", "pose", "to_image"):
+        assert f'dipr_stage_duration_seconds_count{{stage="{stage}"}}' in after, stage
+    for role, name in (("pose", "movenet-thunder"), ("detector", "movenet-multipose")):
+        labels = f'name="{name}",provider="CPUExecutionProvider",role="{role}",version="1"'
+        assert f"dipr_model_info{{{labels}}} 1.0" in after, role
 
     def delta(name: str, labels: str = "") -> float:
         return metric_value(after, name, labels) - metric_value(before, name, labels)
@@ -348,7 +423,9 @@ def test_metrics_pass_promtool_and_count(url: str) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after() -> None:
-    with running_service(max_queue=4, max_boxes=4, max_images=4, max_batch_size=1) as url:
+    with running_service(
+        max_queue=4, max_boxes=4, max_images=4, max_batch_size=1, detect=False
+    ) as url:
         image = png(photo())
         boxes = json.dumps([[ASTRONAUT_BOX] * 4])
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from dipr.core import contract
+from dipr.core import pose_contract
 from dipr.export.cli import DEFAULT_PARITY_IMAGES
 from dipr.export.onnx_export import (
     ExportOptions,
@@ -255,19 +255,19 @@ def test_every_debias_mode_exports_and_matches_pytorch(
         debias=debias,  # type: ignore[arg-type]
     )
     pose, metadata = build_pose_model(options)
-    assert metadata[contract.DEBIAS] == ("false" if debias == "none" else "true")
-    assert metadata[contract.DEBIAS_MODE] == debias
-    assert metadata[contract.COORDINATES] == "mmpose"
+    assert metadata[pose_contract.DEBIAS] == ("false" if debias == "none" else "true")
+    assert metadata[pose_contract.DEBIAS_MODE] == debias
+    assert metadata[pose_contract.COORDINATES] == "mmpose"
     path = tmp_path / f"{debias}.onnx"
     export_onnx(pose, metadata, path)
     model = onnx.load(str(path))
-    assert [o.name for o in model.graph.output] == list(contract.REQUIRED_OUTPUTS)
+    assert [o.name for o in model.graph.output] == list(pose_contract.REQUIRED_OUTPUTS)
     images = load_parity_images(DEFAULT_PARITY_IMAGES, (96, 128), 8)
     worst = parity(pose, path, images)
     print(f"{debias}: max |ORT - PyTorch| px by batch {worst}")
     assert set(worst) == {1, 3, 8} and max(worst.values()) <= 0.01
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    keypoints, scores, raw = session.run(None, {contract.INPUT: images})
+    keypoints, scores, raw = session.run(None, {pose_contract.INPUT: images})
     with torch.no_grad():
         expected = pose(torch.from_numpy(images))
     assert scores.dtype == np.float32 and scores.shape == (8, 17)

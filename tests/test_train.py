@@ -14,12 +14,13 @@ import torch
 from safetensors import safe_open
 
 from dipr.cli import main as dipr
-from dipr.core import contract
+from dipr.core import pose_contract
 from dipr.core.coco import dev_data
 from dipr.core.crops import crop_for_box, warp
 from dipr.core.keypoints import COCO_KEYPOINTS
 from dipr.export.onnx_export import ExportOptions, build_pose_model
 from dipr.models.movenet.weights import load_movenet
+from dipr.models.registry import architecture
 from dipr.models.train_checkpoint import FORMAT, read_train_checkpoint
 from dipr.training.dataset import (
     FLIP,
@@ -138,10 +139,11 @@ def test_the_trained_checkpoint_exports_with_its_training_settings(
     assert dipr([*command, "-o", str(output)]) == 0
     assert "parity ok" in capsys.readouterr().out
     meta = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
-    assert json.loads(meta[contract.INPUT_SIZE]) == [96, 128]
-    assert float(meta[contract.BETA]) == 10.0
-    assert meta[contract.COORDINATES] == "dipr"
-    assert (meta[contract.DEBIAS_MODE], meta[contract.TRAINED_DEBIAS]) == ("paper", "paper")
+    assert json.loads(meta[pose_contract.INPUT_SIZE]) == [96, 128]
+    assert float(meta[pose_contract.BETA]) == 10.0
+    assert meta[pose_contract.COORDINATES] == "dipr"
+    heads = (meta[pose_contract.DEBIAS_MODE], meta[pose_contract.TRAINED_DEBIAS])
+    assert heads == ("paper", "paper")
     code = dipr([*command, "--arch", "simplebaseline-res34", "-o", str(output), "--skip-parity"])
     assert code == 1
     assert "pass --arch simplebaseline-res18" in capsys.readouterr().err
@@ -174,6 +176,19 @@ def test_train_refuses_to_overwrite_or_resume_nothing(
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_train_neither_offers_nor_accepts_the_person_detector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """movenet-multipose is in the registry as a detector, not a pose model."""
+    command = ["train", "--data", str(ANNOTATIONS), "--output", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        dipr([*command, "--arch", "movenet-multipose"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'movenet-multipose'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="movenet-multipose is a person detector"):
+        architecture("movenet-multipose")  # what a run's saved configuration is built from
+
+
 def test_movenet_fine_tuning_runs_with_the_same_loss(tmp_path: Path) -> None:
     """A few steps on MoveNet Lightning through its deployable head (7x7 person window, β=5).
     With 4 steps of 2 crops the loss is noise around its start (≈ 2 cells, already a trained
@@ -192,7 +207,7 @@ def test_movenet_fine_tuning_runs_with_the_same_loss(tmp_path: Path) -> None:
     _, metadata = build_pose_model(
         ExportOptions(arch="movenet-lightning", checkpoint=run / "last.safetensors")
     )
-    assert metadata[contract.TRAINED_DEBIAS] == "paper"
+    assert metadata[pose_contract.TRAINED_DEBIAS] == "paper"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="throughput is measured on a GPU")

@@ -1,13 +1,18 @@
-"""MoveNet's builders, reached through its registry record (`dipr.models.registry`)."""
+"""MoveNet's builders (pose models and the MultiPose detector), reached through their registry
+records (`dipr.models.registry`)."""
 
 from torch import nn
 
+from dipr.models.movenet.multipose import MultiPoseDetector, load_multipose
 from dipr.models.movenet.pose import MoveNetPose
 from dipr.models.movenet.weights import load_movenet
 from dipr.models.registry import (
     DEFAULT_WINDOW,
     Architecture,
+    BuiltDetector,
     BuiltPose,
+    DetectorArchitecture,
+    DetectorExportRequest,
     ExportRequest,
     TrainingRequest,
 )
@@ -45,3 +50,17 @@ def build_for_training(arch: Architecture, request: TrainingRequest) -> tuple[nn
     movenet = load_movenet(arch.variant, request.pretrained)  # the embedded weights by default
     window = DEFAULT_WINDOW if request.window is None else request.window
     return MoveNetPose(movenet, request.beta, request.region, window), movenet
+
+
+def build_detector_for_export(
+    arch: DetectorArchitecture, request: DetectorExportRequest
+) -> BuiltDetector:
+    """MoveNet MultiPose: its embedded weights or others in their layout; fp16 runs the network in
+    fp16 and keeps the decode in fp32."""
+    network = load_multipose(request.source)
+    if request.fp16:
+        network = network.half()
+    detector = MultiPoseDetector(network).eval()
+    return BuiltDetector(
+        detector=detector, input_size=detector.input_size, max_persons=arch.max_persons
+    )

@@ -140,6 +140,11 @@ class Head(nn.Sequential):
         super().__init__(SeparableConv(24, 96), TFConv(96, out_channels, 1))
 
 
+def normalize_pixels(pixels: Tensor, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """The published graphs' input normalisation, op for op: (x − mean[c]) · scale[c] − shift."""
+    return (pixels - mean.view(1, 3, 1, 1)) * scale.view(1, 3, 1, 1) - shift
+
+
 class MoveNetOutputs(NamedTuple):
     """Raw head outputs at stride 4, NCHW. Regression and offsets are (y, x) pairs per joint."""
 
@@ -174,8 +179,8 @@ class MoveNet(nn.Module):
 
     def forward(self, pixels: Tensor) -> MoveNetOutputs:
         """pixels: float RGB in 0..255, NCHW."""
-        x = (pixels - self.input_mean.view(1, 3, 1, 1)) * self.input_scale.view(1, 3, 1, 1)
-        features = self.fpn(self.backbone(x - self.input_shift))
+        x = normalize_pixels(pixels, self.input_mean, self.input_scale, self.input_shift)
+        features = self.fpn(self.backbone(x))
         return MoveNetOutputs(
             heatmap_logits=self.heatmap(features),
             center_logits=self.center(features),

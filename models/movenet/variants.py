@@ -41,4 +41,11 @@ def _stages(width: float) -> tuple[tuple[int, int, int, int], ...]:
 
 THUNDER = MoveNetConfig("movenet-thunder", 256, 56, _stages(1.75), (40, 56, 112))
 LIGHTNING = MoveNetConfig("movenet-lightning", 192, 32, _stages(1.0), (24, 32, 64))
+# The single-pose models `dipr export` and `dipr train` build as pose networks.
 VARIANTS: dict[str, MoveNetConfig] = {"thunder": THUNDER, "lightning": LIGHTNING}
+
+# MoveNet MultiPose Lightning, a person detector: the same feature extractor at width 1.5 on a
+# 256×256 input (its weights' shapes say so), with six CenterNet heads and a decode that returns
+# up to MULTIPOSE_MAX_PERSONS people (the graph's top-k).
+MULTIPOSE = MoveNetConfig("movenet-multipose", 256, 48, _stages(1.5), (40, 48, 96))
+MULTIPOSE_MAX_PERSONS = 6

@@ -3,7 +3,7 @@
     image uint8 [N, H, W, 3] → float NCHW → SimpleBaseline (normalises inside) → logits
       → integral head per debias mode, fp32 (`heads.integral_head`) → input pixels
 
-Outputs, all float32 (the dipr ONNX contract, `dipr.core.contract`; no `keypoints_official`):
+Outputs, all float32 (the dipr ONNX contract, `dipr.core.pose_contract`; no `keypoints_official`):
 - keypoints [N, K, 2]: (x, y) per the debias mode ("paper", "mmpose" or "none"), input pixel
   index coordinates (pixel centres at integers).
 - scores [N, K]: softmax mass within ±2 cells of the arg-max, 0 where the correction fell back

@@ -5,7 +5,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from dipr.core.contract import ModelInfo
+from dipr.core.detector_contract import DetectorInfo
+from dipr.core.pose_contract import ModelInfo
 from dipr.service.pipeline import ImagePoses, PersonPose
 
 
@@ -27,6 +28,9 @@ class Keypoint(BaseModel):
 
 class PersonResult(BaseModel):
     box: tuple[float, float, float, float] = Field(description="[x1, y1, x2, y2], image pixels")
+    box_score: float | None = Field(
+        None, ge=0, le=1, description="the detector's confidence, for a person it found"
+    )
     score: float = Field(ge=0, le=1, description="mean keypoint score")
     keypoints: list[Keypoint]
 
@@ -38,7 +42,9 @@ class ImageSize(BaseModel):
 
 class ImageResult(BaseModel):
     image: ImageSize
-    persons: list[PersonResult] = Field(description="one per box, in box order")
+    persons: list[PersonResult] = Field(
+        description="one per box sent, in box order; or every person found, best first"
+    )
 
 
 class PoseResponse(BaseModel):
@@ -55,6 +61,14 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class DetectorDetails(BaseModel):
+    name: str
+    version: str
+    input_size: tuple[int, int]
+    max_persons: int = Field(description="the most persons it finds in one image")
+    metadata: dict[str, str] = Field(description="all metadata of the detector's ONNX model")
+
+
 class ModelDetails(BaseModel):
     name: str
     version: str
@@ -64,6 +78,9 @@ class ModelDetails(BaseModel):
     debias: bool
     provider: str = Field(description="the onnxruntime execution provider in use")
     metadata: dict[str, str] = Field(description="all metadata of the ONNX model")
+    detector: DetectorDetails | None = Field(
+        None, description="the person detector, unless detection is off"
+    )
 
 
 class Health(BaseModel):
@@ -90,6 +107,7 @@ def pose_response(results: Sequence[ImagePoses], model: ModelInfo, raw: bool) ->
 def _person(pose: PersonPose, names: tuple[str, ...], raw: bool) -> PersonResult:
     return PersonResult(
         box=pose.box,
+        box_score=pose.box_score,
         score=pose.score,
         keypoints=[
             Keypoint(
@@ -105,7 +123,9 @@ def _person(pose: PersonPose, names: tuple[str, ...], raw: bool) -> PersonResult
     )
 
 
-def model_details(model: ModelInfo, provider: str) -> ModelDetails:
+def model_details(
+    model: ModelInfo, provider: str, detector: DetectorInfo | None
+) -> ModelDetails:
     return ModelDetails(
         name=model.name,
         version=model.version,
@@ -115,4 +135,13 @@ def model_details(model: ModelInfo, provider: str) -> ModelDetails:
         debias=model.debias,
         provider=provider,
         metadata=model.metadata,
+        detector=None
+        if detector is None
+        else DetectorDetails(
+            name=detector.name,
+            version=detector.version,
+            input_size=detector.input_size,
+            max_persons=detector.max_persons,
+            metadata=detector.metadata,
+        ),
     )

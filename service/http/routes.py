@@ -2,9 +2,10 @@
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from dipr.core.errors import LimitExceeded, NotReady
@@ -55,6 +56,23 @@ POSE_BODY = {
     }
 }
 
+async def detection_options(
+    detect: Annotated[
+        bool | None,
+        Query(
+            description="find the persons of images sent without boxes (default: yes, unless "
+            "the service's detection is off); false: each such image is one whole-image crop"
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        Query(ge=0, le=1, description="the detector's threshold (default: DIPR_MIN_PERSON_SCORE)"),
+    ] = None,
+) -> PoseOptions:
+    return PoseOptions(detect=detect, min_score=min_score)
+
+
+DetectionDep = Annotated[PoseOptions, Depends(detection_options)]
 pose_router = APIRouter(dependencies=KEYED)
 health_router = APIRouter()
 metrics_router = APIRouter(dependencies=KEYED)
@@ -81,10 +99,12 @@ async def _estimate(
 async def pose(
     request: Request,
     runtime: RuntimeDep,
+    detection: DetectionDep,
     raw: Annotated[bool, Query(description="add x_raw, y_raw")] = False,
 ) -> PoseResponse:
-    """Keypoints for each person box (or the whole image) of each uploaded image."""
-    results = await _estimate(request, runtime, PoseOptions())
+    """Keypoints of every person of each uploaded image: of each box sent, or of each person the
+    detector finds in an image sent without boxes."""
+    results = await _estimate(request, runtime, detection)
     assert runtime.model is not None  # estimate succeeded: a model is loaded
     return pose_response(results, runtime.model, raw)
 
@@ -98,9 +118,12 @@ async def pose(
         **ERROR_RESPONSES,
     },
 )
-async def pose_render(request: Request, runtime: RuntimeDep) -> Response:
-    """The (single) uploaded image as JPEG with boxes and skeletons drawn."""
-    (result,) = await _estimate(request, runtime, PoseOptions(keep_pixels=True), one_image=True)
+async def pose_render(
+    request: Request, runtime: RuntimeDep, detection: DetectionDep
+) -> Response:
+    """The (single) uploaded image as JPEG with every person's box and skeleton drawn."""
+    options = replace(detection, keep_pixels=True)
+    (result,) = await _estimate(request, runtime, options, one_image=True)
     assert runtime.model is not None
     jpeg = await asyncio.to_thread(render_jpeg, result, runtime.model.skeleton)
     return Response(jpeg, media_type="image/jpeg")
@@ -114,7 +137,7 @@ async def pose_render(request: Request, runtime: RuntimeDep) -> Response:
 async def model(runtime: RuntimeDep) -> ModelDetails:
     if runtime.model is None or runtime.provider is None:
         raise NotReady(f"no model loaded: {runtime.readiness()}")
-    return model_details(runtime.model, runtime.provider)
+    return model_details(runtime.model, runtime.provider, runtime.detector)
 
 
 @health_router.get("/health/live", response_model=Health)

@@ -1,10 +1,13 @@
-"""Stage: the person boxes (or the whole picture) → network inputs, one warp each."""
+"""Stage: the person boxes (or the whole picture) → network inputs, one warp each. Boxes a
+detector found may need a finer decode than the one it ran on: the picture is decoded again
+then."""
 
-from dipr.core.prepare import crop_boxes
+from dipr.core.prepare import crop_boxes, refine_for_boxes
 from dipr.service.pipeline import ImageStage, ImageWork, required
 
 
 class CropStage(ImageStage):
+    name = "crop"
     offload = True
 
     def __init__(self, input_size: tuple[int, int], padding: float) -> None:
@@ -13,4 +16,13 @@ class CropStage(ImageStage):
 
     def run_image(self, work: ImageWork) -> None:
         decoded = required(work.decoded, "decoded")
+        if work.detected is not None:
+            decoded = work.decoded = refine_for_boxes(
+                work.source.data,
+                required(work.header, "header"),
+                decoded,
+                [person.box for person in work.detected],
+                self.input_size,
+                padding=self.padding,
+            )
         work.cropped = crop_boxes(decoded, work.boxes, self.input_size, padding=self.padding)

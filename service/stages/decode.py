@@ -1,11 +1,13 @@
 """Stage: the image's bytes → its pixels, at the coarsest scale its crops allow."""
 
+from dipr.core.images import read_header
 from dipr.core.prepare import decode_for_boxes
 from dipr.service.pipeline import ImageStage, ImageWork
 
 
 class DecodeStage(ImageStage):
-    offload = True  # decoding is most of the CPU work outside the network
+    name = "decode"
+    offload = True  # decoding is most of the CPU work outside the networks
 
     def __init__(
         self, input_size: tuple[int, int], padding: float, max_pixels: int, reduced: bool
@@ -17,13 +19,15 @@ class DecodeStage(ImageStage):
 
     def run_image(self, work: ImageWork) -> None:
         source = work.source
+        work.header = read_header(source.data, source.media_type, self.max_pixels)
+        # Without boxes, the whole picture's scale: the letterbox of a detector whose input is
+        # as large as the pose model's needs no more.
         work.decoded = decode_for_boxes(
             source.data,
-            source.media_type,
+            work.header,
             work.boxes,
             self.input_size,
             padding=self.padding,
-            max_pixels=self.max_pixels,
             # Pixels kept for drawing are drawn on at full size.
             reduced=self.reduced and not work.options.keep_pixels,
         )

@@ -7,6 +7,8 @@ from dipr.service.pipeline import ImageWork, RequestStage, required
 
 
 class PoseStage(RequestStage):
+    name = "pose"
+
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
 

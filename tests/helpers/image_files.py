@@ -7,7 +7,9 @@ import zlib
 import cv2
 import numpy as np
 
+from dipr.benchmarks.photos import group_photo
 from tests.helpers.jpeg_bytes import exif_app1, jpeg_segment
+from tests.helpers.paths import PHOTOS
 
 
 def encode(ext: str, bgr: np.ndarray, *params: int) -> bytes:
@@ -367,3 +369,9 @@ def centroid(gray: np.ndarray, near: tuple[float, float], radius: float) -> tupl
         (abs(xs - near[0]) < radius) & (abs(ys - near[1]) < radius)
     )
     return float((weights * xs).sum() / weights.sum()), float((weights * ys).sum() / weights.sum())
+
+
+def side_by_side(*photos: str) -> bytes:
+    """A JPEG of fixture photos (tests/fixtures/photos, public domain) side by side, 480 px high:
+    a picture with one person per photo."""
+    return group_photo(PHOTOS, photos)

@@ -7,7 +7,13 @@ import onnxruntime as ort
 import pytest
 
 from dipr.models.registry import DEFAULT_ONNX
-from dipr.service.backend import CPU, OnnxBackend, ProviderUnavailable, TensorrtOptions
+from dipr.service.backend import (
+    CPU,
+    OnnxBackend,
+    ProviderUnavailable,
+    TensorrtOptions,
+    warm_up_sizes,
+)
 
 NO_GPU = "CUDAExecutionProvider" not in ort.get_available_providers()
 
@@ -58,3 +64,11 @@ def test_tensorrt_profile_covers_every_batch_the_batcher_forms(tmp_path: Path) -
     other = TensorrtOptions(tmp_path, max_batch_size=32).provider_options("image", (192, 256), 0)
     assert other["trt_engine_cache_path"] != provider_options["trt_engine_cache_path"]
     assert other["trt_timing_cache_path"] == provider_options["trt_timing_cache_path"]
+
+
+@pytest.mark.parametrize(
+    ("largest", "sizes"),
+    [(1, [1]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12]), (16, [1, 2, 4, 8, 16])],
+)
+def test_warm_up_runs_powers_of_two_and_the_largest_batch(largest, sizes):
+    assert warm_up_sizes(largest) == sizes

@@ -185,3 +185,18 @@ async def test_no_crops_needs_no_inference() -> None:
     assert await batcher.submit(tagged([]), deadline()) == {}
     batcher.stop()
     assert calls == []
+
+
+async def test_an_empty_queue_takes_one_request_larger_than_itself(recorder: Recorder) -> None:
+    """Persons a detector found can outnumber the queue: alone, such a request is admitted (else
+    it never could be); behind others, it waits its turn like any request too large."""
+    infer, _ = echo_model(delay=0.05)
+    batcher = Batcher(infer, max_batch_size=4, max_queue=6, observer=recorder)
+    batcher.start()
+    large = asyncio.create_task(batcher.submit(tagged(list(range(10))), deadline()))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="queue full"):
+        await batcher.submit(tagged([1]), deadline())
+    assert (await large)["tag"].tolist() == list(range(10))
+    assert (await batcher.submit(tagged([7]), deadline()))["tag"].tolist() == [7]
+    batcher.stop()

@@ -4,25 +4,30 @@
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 
+import cv2
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dipr.core import contract
+from dipr.core import pose_contract
 from dipr.core.crops import PADDING
-from dipr.core.errors import NotReady
+from dipr.core.detection import DEFAULT_MIN_PERSON_SCORE
+from dipr.core.errors import InvalidInput, NotReady
 from dipr.core.prepare import prepare_image
 from dipr.models.registry import DEFAULT_ONNX
 from dipr.service.backend import OnnxBackend
 from dipr.service.http.app import create_app
-from dipr.service.pipeline import ImageInput, PoseOptions
+from dipr.service.pipeline import ImageInput, ImagePoses, PoseOptions
 from dipr.service.runtime import Runtime
 from dipr.service.settings import Settings
+from tests.helpers.image_files import side_by_side
 from tests.helpers.paths import PHOTOS
 
 PHOTO = (PHOTOS / "astronaut.jpg").read_bytes()
+THREE = ("astronaut.jpg", "camera.jpg", "grace_hopper.jpg")  # one person each
 SMALL = {"max_batch_size": 2, "max_queue": 16, "max_boxes": 8, "max_images": 4}
 
 
@@ -49,7 +54,7 @@ async def test_ready_only_after_the_warm_up_has_run(monkeypatch):
     runtime: Runtime = app.state.runtime
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://dipr") as client:
-        assert (await client.get("/health/ready")).json()["reason"] == "loading the model"
+        assert (await client.get("/health/ready")).json()["reason"] == "loading the models"
         loading = threading.Thread(target=runtime.load)
         loading.start()
         try:
@@ -57,14 +62,14 @@ async def test_ready_only_after_the_warm_up_has_run(monkeypatch):
             await asyncio.sleep(0.2)  # were readiness set before the warm-up, it would show now
             answer = await client.get("/health/ready")
             assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-            assert runtime.readiness() == "loading the model"
+            assert runtime.readiness() == "loading the models"
             headers = {"content-type": "image/jpeg"}
             pose = await client.post("/pose", content=PHOTO, headers=headers)
             assert pose.status_code == 503 and pose.json()["error"]["code"] == "not_ready"
         finally:
             held.release.set()
             await asyncio.to_thread(loading.join, 60)
-        assert held.finished == [[1, 2]]
+        assert held.finished == [[1, 2], [1, 2, 4, 8]]  # the pose model's, the detector's
         assert (await client.get("/health/ready")).json() == {"status": "ready"}
         pose = await client.post("/pose", content=PHOTO, headers=headers)
         assert pose.status_code == 200
@@ -94,7 +99,8 @@ async def test_the_service_crops_and_maps_back_as_evaluation_does():
     session = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
     prepared = prepare_image(PHOTO, None, boxes, (256, 256), padding=PADDING, max_pixels=10**8)
     keypoints, scores = session.run(
-        [contract.KEYPOINTS, contract.SCORES], {contract.INPUT: prepared.cropped.inputs}
+        [pose_contract.KEYPOINTS, pose_contract.SCORES],
+        {pose_contract.INPUT: prepared.cropped.inputs},
     )
     assert [p.box for p in served.persons] == boxes
     for person, crop, expected, expected_scores in zip(
@@ -103,3 +109,66 @@ async def test_the_service_crops_and_maps_back_as_evaluation_does():
         np.testing.assert_allclose(person.keypoints, crop.to_image(expected), atol=1e-3)
         np.testing.assert_allclose(person.scores, expected_scores, atol=1e-5)
         assert person.score == pytest.approx(float(expected_scores.mean()), abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def detecting() -> Iterator[Runtime]:
+    runtime = Runtime(Settings(**SMALL))
+    runtime.load()
+    assert runtime.readiness() is None
+    yield runtime
+    runtime.stop()
+
+
+def estimate(runtime: Runtime, image: ImageInput, **options: object) -> ImagePoses:
+    coroutine = runtime.estimate([image], PoseOptions(**options), time.monotonic() + 30)
+    (result,) = asyncio.run(coroutine)
+    return result
+
+
+def test_an_image_without_boxes_gives_every_person_found_best_first(detecting):
+    result = estimate(detecting, ImageInput(side_by_side(*THREE), "image/jpeg", None))
+    assert len(result.persons) == 3
+    scores = [person.box_score for person in result.persons]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= DEFAULT_MIN_PERSON_SCORE
+    # One person per photo: the boxes' centres fall in the three thirds of the picture.
+    thirds = sorted(int((p.box[0] + p.box[2]) / 2 // (result.width / 3)) for p in result.persons)
+    assert thirds == [0, 1, 2]
+    for person in result.persons:
+        x1, y1, x2, y2 = person.box
+        assert 0 <= x1 < x2 <= result.width and 0 <= y1 < y2 <= result.height
+        inside = (person.keypoints[:, 0] >= x1 - 1) & (person.keypoints[:, 0] <= x2 + 1)
+        assert inside[person.scores > 0.5].all()  # confident keypoints lie in their own box
+
+
+def test_nobody_in_the_image_is_an_empty_list(detecting):
+    blank = cv2.imencode(".png", np.full((300, 400, 3), 128, np.uint8))[1].tobytes()
+    assert estimate(detecting, ImageInput(blank, None, None)).persons == []
+
+
+def test_the_threshold_and_detect_false_per_request(detecting):
+    image = ImageInput(side_by_side(*THREE), "image/jpeg", None)
+    assert estimate(detecting, image, min_score=0.99).persons == []
+    (whole,) = estimate(detecting, image, detect=False).persons
+    assert whole.box == (0.0, 0.0, 1370.0, 480.0) and whole.box_score is None
+
+
+def test_boxes_sent_are_the_persons_returned_without_detection(detecting):
+    boxes = [(10.0, 10.0, 200.0, 470.0), (500.0, 0.0, 900.0, 480.0)]
+    result = estimate(detecting, ImageInput(side_by_side(*THREE), "image/jpeg", boxes))
+    assert [p.box for p in result.persons] == boxes
+    assert all(p.box_score is None for p in result.persons)
+
+
+def test_with_detection_off_an_image_without_boxes_is_one_crop():
+    runtime = Runtime(Settings(**SMALL, detect=False))
+    runtime.load()
+    try:
+        assert runtime.detector is None and runtime.readiness() is None
+        image = ImageInput(side_by_side(*THREE), "image/jpeg", None)
+        (whole,) = estimate(runtime, image).persons
+        assert whole.box == (0.0, 0.0, 1370.0, 480.0)
+        with pytest.raises(InvalidInput, match="DIPR_DETECT=false"):
+            estimate(runtime, image, detect=True)
+    finally:
+        runtime.stop()

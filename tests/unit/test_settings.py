@@ -101,12 +101,3 @@ def test_settings_are_read_once_and_frozen():
     s = Settings()
     with pytest.raises(ValidationError):
         s.port = 1  # type: ignore[misc]
-
-
-@pytest.mark.parametrize(
-    ("max_batch_size", "sizes"),
-    [(1, [1]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12]), (16, [1, 2, 4, 8, 16])],
-)
-def test_warm_up_runs_powers_of_two_and_the_largest_batch(monkeypatch, max_batch_size, sizes):
-    monkeypatch.setenv("DIPR_MAX_BATCH_SIZE", str(max_batch_size))
-    assert Settings().warmup_batch_sizes == sizes

@@ -111,16 +111,23 @@ class Session(Protocol):
     def get_modelmeta(self) -> _Metadata: ...
 
 
-def describe(session: Session) -> ModelInfo:
-    """The model's ModelInfo; ModelError naming what breaks the contract."""
+def check_signature(session: Session, required: Sequence[str], what: str) -> tuple[str, ...]:
+    """Every output's name, once the input is the one uint8 `image` that every dipr model takes
+    and the `required` outputs are there; ModelError naming what is not."""
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != INPUT or inputs[0].type != "tensor(uint8)":
         found = ", ".join(f"{i.name} ({i.type})" for i in inputs)
-        raise ModelError(f"the model must take one uint8 input named {INPUT!r}, not {found}")
+        raise ModelError(f"{what} must take one uint8 input named {INPUT!r}, not {found}")
     outputs = tuple(o.name for o in session.get_outputs())
-    missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
+    missing = [name for name in required if name not in outputs]
     if missing:
-        raise ModelError(f"the model lacks the output(s) {', '.join(missing)}")
+        raise ModelError(f"{what} lacks the output(s) {', '.join(missing)}")
+    return outputs
+
+
+def describe(session: Session) -> ModelInfo:
+    """The model's ModelInfo; ModelError naming what breaks the contract."""
+    outputs = check_signature(session, REQUIRED_OUTPUTS, "the model")
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     try:
         width, height = (int(v) for v in json.loads(metadata[INPUT_SIZE]))
