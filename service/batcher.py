@@ -78,6 +78,27 @@ class _Job:
         self.loop.call_soon_threadsafe(apply)
 
 
+class Occupancy:
+    """How many batches run right now, across every batcher that shares it (the pose model's
+    and the detector's share the machine's cores): "alone" means alone on the machine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def enter(self) -> None:
+        with self._lock:
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+
 class Batcher:
     def __init__(
         self,
@@ -88,6 +109,7 @@ class Batcher:
         observer: BatchObserver | None = None,
         workers: int = 1,
         infer_alongside: InferFn | None = None,
+        occupancy: Occupancy | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("max_batch_size, max_queue, workers must be ≥ 1, max_delay_s ≥ 0")
@@ -98,7 +120,7 @@ class Batcher:
         # CPU small batches run faster per crop (their activations stay in cache).
         self._infer_alongside = infer_alongside
         self.alongside_batch_size = max(1, max_batch_size // 4)
-        self._busy = 0  # workers running a batch
+        self._occupancy = occupancy or Occupancy()
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self._max_delay = max_delay_s
@@ -176,7 +198,7 @@ class Batcher:
                     lambda: len(self._queue) >= self.max_batch_size,
                     timeout=max(0.0, fill_by - time.monotonic()),
                 )
-            alone = self._busy == 0 and len(self._queue) <= self.max_batch_size
+            alone = self._occupancy.running == 0 and len(self._queue) <= self.max_batch_size
             size = (
                 self.max_batch_size
                 if alone or self._infer_alongside is None
@@ -191,7 +213,7 @@ class Batcher:
                     continue
                 batch.append((job, index))
             self._observer.queue_depth(len(self._queue))
-            self._busy += 1
+            self._occupancy.enter()
             if self._queue:
                 self._cond.notify()  # an idle worker can take the rest
             return batch, alone
@@ -204,8 +226,7 @@ class Batcher:
                     infer = self._infer if alone else self._infer_alongside or self._infer
                     self._run_batch(batch, infer)
             finally:
-                with self._cond:
-                    self._busy -= 1
+                self._occupancy.leave()
 
     def _run_batch(self, batch: list[tuple[_Job, int]], infer: InferFn) -> None:
         started = time.monotonic()

@@ -20,7 +20,7 @@ from dipr.service.backend import (
     TensorrtOptions,
     warm_up_sizes,
 )
-from dipr.service.batcher import Batcher
+from dipr.service.batcher import Batcher, Occupancy
 from dipr.service.metrics import BatcherMetrics, ServiceMetrics
 from dipr.service.pipeline import ImageInput, ImagePoses, Pipeline, PoseOptions, Stage
 from dipr.service.settings import Settings
@@ -42,6 +42,9 @@ class Runtime:
         self.detector: DetectorInfo | None = None
         self.provider: str | None = None
         self._batchers: list[Batcher] = []
+        # Both models' batches run on the same cores: a batch is alone only if no batch of
+        # either model runs.
+        self._occupancy = Occupancy()
         self._pipeline: Pipeline | None = None
         self._not_ready: str | None = "loading the models"
 
@@ -103,6 +106,7 @@ class Runtime:
             observer=self._observer("pose", s.max_queue),
             workers=workers,
             infer_alongside=backend.infer_alongside,
+            occupancy=self._occupancy,
         )
         self._batchers.append(batcher)
         batcher.start()
@@ -119,17 +123,22 @@ class Runtime:
             TensorrtOptions(s.tensorrt_cache_dir, s.detector_max_batch_size),
             describe=detector_contract.describe,
         )
-        # One stream: the detector runs on every core, between the pose model's batches.
+        # As the pose model's: on CPU a batch alone on every core, batches side by side on a
+        # share each.
+        workers = backend.configure_workers(s.inference_workers, s.intra_op_threads)
         batcher = Batcher(
             backend.infer,
             s.detector_max_batch_size,
             s.detector_max_queue,
             s.batch_delay_ms / 1000,
             observer=self._observer("detector", s.detector_max_queue),
+            workers=workers,
+            infer_alongside=backend.infer_alongside,
+            occupancy=self._occupancy,
         )
         self._batchers.append(batcher)
         batcher.start()
-        backend.warm_up(warm_up_sizes(s.detector_max_batch_size))
+        backend.warm_up(warm_up_sizes(s.detector_max_batch_size), batcher.alongside_batch_size)
         return backend, batcher
 
     def _observer(self, model: str, capacity: int) -> BatcherMetrics:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dipr.core.errors import DeadlineExceeded, InferenceFailed, Overloaded
-from dipr.service.batcher import Batcher
+from dipr.service.batcher import Batcher, Occupancy
 
 POISON = 255  # a crop whose first pixel is this makes the stand-in model raise
 
@@ -103,6 +103,38 @@ async def test_a_batch_alone_uses_infer_and_batches_side_by_side_use_infer_along
     assert sum(wide_calls) + sum(alongside_calls) == 25
     assert alongside_calls and max(alongside_calls) <= 2  # 8 // 4
     assert len(alongside_calls) >= 8  # under load, nearly all of the 24 went in batches of ≤ 2
+
+
+async def test_batchers_sharing_the_machine_count_each_others_batches() -> None:
+    """The pose model's and the detector's batchers share the cores: a batch of one while the
+    other's runs is not alone, and goes to `infer_alongside`; once it is done, one is again."""
+    slow, _ = echo_model(delay=0.3)
+    wide, wide_calls = echo_model()
+    alongside, alongside_calls = echo_model()
+    occupancy = Occupancy()
+    detector = Batcher(slow, max_batch_size=4, max_queue=8, occupancy=occupancy)
+    pose = Batcher(wide, 4, 8, workers=2, infer_alongside=alongside, occupancy=occupancy)
+    detector.start()
+    pose.start()
+    detecting = asyncio.create_task(detector.submit(tagged([1]), deadline()))
+    await asyncio.sleep(0.1)  # the detector's batch is running
+    assert occupancy.running == 1
+    await pose.submit(tagged([2]), deadline())
+    assert (wide_calls, alongside_calls) == ([], [1])
+    await detecting
+    await idle(occupancy)  # the results arrive a moment before the worker counts itself out
+    await pose.submit(tagged([3]), deadline())
+    assert (wide_calls, alongside_calls) == ([1], [1])
+    await idle(occupancy)
+    detector.stop()
+    pose.stop()
+
+
+async def idle(occupancy: Occupancy, seconds: float = 5.0) -> None:
+    end = time.monotonic() + seconds
+    while occupancy.running and time.monotonic() < end:
+        await asyncio.sleep(0.001)
+    assert occupancy.running == 0
 
 
 async def test_delay_lets_a_batch_fill() -> None:
