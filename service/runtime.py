@@ -21,7 +21,7 @@ from dipr.service.backend import (
     warm_up_sizes,
 )
 from dipr.service.batcher import Batcher, Occupancy
-from dipr.service.metrics import BatcherMetrics, ServiceMetrics
+from dipr.service.metrics import ServiceMetrics
 from dipr.service.pipeline import ImageInput, ImagePoses, Pipeline, PoseOptions, Stage
 from dipr.service.settings import Settings
 from dipr.service.stages.crop import CropStage
@@ -97,21 +97,7 @@ class Runtime:
             s.intra_op_threads,
             TensorrtOptions(s.tensorrt_cache_dir, s.max_batch_size),
         )
-        workers = backend.configure_workers(s.inference_workers, s.intra_op_threads)
-        batcher = Batcher(
-            backend.infer,
-            s.max_batch_size,
-            s.max_queue,
-            s.batch_delay_ms / 1000,
-            observer=self._observer("pose", s.max_queue),
-            workers=workers,
-            infer_alongside=backend.infer_alongside,
-            occupancy=self._occupancy,
-        )
-        self._batchers.append(batcher)
-        batcher.start()
-        backend.warm_up(warm_up_sizes(s.max_batch_size), batcher.alongside_batch_size)
-        return backend, batcher
+        return backend, self._batcher(backend, "pose", s.max_batch_size, s.max_queue)
 
     def _load_detector(self) -> tuple[OnnxBackend[DetectorInfo], Batcher]:
         s = self.settings
@@ -123,28 +109,36 @@ class Runtime:
             TensorrtOptions(s.tensorrt_cache_dir, s.detector_max_batch_size),
             describe=detector_contract.describe,
         )
-        # As the pose model's: on CPU a batch alone on every core, batches side by side on a
-        # share each.
+        limits = (s.detector_max_batch_size, s.detector_max_queue)
+        return backend, self._batcher(backend, "detector", *limits)
+
+    def _batcher(
+        self,
+        backend: OnnxBackend[ModelInfo] | OnnxBackend[DetectorInfo],
+        model: str,
+        max_batch_size: int,
+        max_queue: int,
+    ) -> Batcher:
+        """A started batcher for the model, its batches counted with the other model's (both
+        run on the same cores), the model warmed up at every batch size it will run."""
+        s = self.settings
         workers = backend.configure_workers(s.inference_workers, s.intra_op_threads)
+        observer = self.metrics.batcher_observer(model)
+        observer.capacity.set(max_queue)
         batcher = Batcher(
             backend.infer,
-            s.detector_max_batch_size,
-            s.detector_max_queue,
+            max_batch_size,
+            max_queue,
             s.batch_delay_ms / 1000,
-            observer=self._observer("detector", s.detector_max_queue),
+            observer=observer,
             workers=workers,
             infer_alongside=backend.infer_alongside,
             occupancy=self._occupancy,
         )
         self._batchers.append(batcher)
         batcher.start()
-        backend.warm_up(warm_up_sizes(s.detector_max_batch_size), batcher.alongside_batch_size)
-        return backend, batcher
-
-    def _observer(self, model: str, capacity: int) -> BatcherMetrics:
-        observer = self.metrics.batcher_observer(model)
-        observer.capacity.set(capacity)
-        return observer
+        backend.warm_up(warm_up_sizes(max_batch_size), batcher.alongside_batch_size)
+        return batcher
 
     def _register(
         self, backend: OnnxBackend[ModelInfo] | OnnxBackend[DetectorInfo], role: str
