@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dipr.core.detection import letterbox, persons_in
+from dipr.core.detection import boxes_of, detect, letterbox
 from dipr.core.images import read_header
 from dipr.core.prepare import crop_boxes, decode_for_boxes, prepare_image, refine_for_boxes
 
@@ -103,17 +103,10 @@ def detection_work(
     the boxes of the persons."""
     header = read_header(data, None, 2**40)
     decoded = decode_for_boxes(data, header, None, pose_size)
-    boxed = letterbox(decoded, detector_size)
-    outputs = detector(boxed.inputs)
-    found = persons_in(
-        {name: values[0] for name, values in outputs.items()},
-        boxed.crops[0],
-        (decoded.width, decoded.height),
-        min_score,
-    )
-    boxes = [person.box for person in found]
+    boxes = boxes_of(detect(decoded, detector, detector_size, min_score))
     refined = refine_for_boxes(data, header, decoded, boxes, pose_size)
-    return DetectionWork(boxed.inputs, crop_boxes(refined, boxes, pose_size).inputs, boxes)
+    letterboxed = letterbox(decoded, detector_size).inputs
+    return DetectionWork(letterboxed, crop_boxes(refined, boxes, pose_size).inputs, boxes)
 
 
 def measure_detection_preprocess(

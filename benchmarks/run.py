@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -216,7 +217,7 @@ class _Detection:
 
     config: BenchConfig
     info: DetectorInfo
-    runs: list[tuple[int, int, object]]  # (images per run, streams, run)
+    runs: list[tuple[int, int, Callable[[], object]]]  # (images per run, streams, run)
     persons: int
     preprocess_ms: float
     body: Path
@@ -280,7 +281,7 @@ class _Detection:
 
     def round(self, round_: int, limit_slice: float, load_slice: float) -> None:
         for batch, streams, run in self.runs:
-            time_streams(run, batch, streams, limit_slice, self.limit[(batch, streams)])  # type: ignore[arg-type]
+            time_streams(run, batch, streams, limit_slice, self.limit[(batch, streams)])
         service_url, naive_url = self.urls
         for c in self.config.detect_concurrencies:
             pair = [(service_url, self.service[c]), (naive_url, self.naive[c])]

@@ -6,7 +6,7 @@ zero outside), so a detection comes back through the same inverse affine as a ke
 The service and `dipr eval --detector` both use this module, so they detect alike.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +41,26 @@ class DetectedPerson:
 def letterbox(image: DecodedImage, input_size: tuple[int, int]) -> CroppedImage:
     """The whole picture as the detector's input (one crop, padding 1, centred)."""
     return crop_boxes(image, None, input_size)
+
+
+def detect(
+    image: DecodedImage,
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    input_size: tuple[int, int],
+    min_score: float,
+    box_source: BoxSource = "box",
+) -> list[DetectedPerson]:
+    """One picture through a detector called directly (`run`: batch in, outputs out), as
+    `dipr eval` and the benchmark do; the service batches `letterbox` and `persons_in` itself."""
+    boxed = letterbox(image, input_size)
+    outputs = run(boxed.inputs)
+    return persons_in(
+        {name: values[0] for name, values in outputs.items()},
+        boxed.crops[0],
+        (image.width, image.height),
+        min_score,
+        box_source,
+    )
 
 
 def box_to_image(crop: Crop, box: np.ndarray) -> Box:

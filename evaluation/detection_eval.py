@@ -28,7 +28,7 @@ import onnxruntime as ort
 from dipr.core import detector_contract, pose_contract
 from dipr.core.coco import KeypointSet, LabelledPerson, to_coco
 from dipr.core.crops import PADDING, Box
-from dipr.core.detection import BoxSource, boxes_of, letterbox, persons_in
+from dipr.core.detection import BoxSource, boxes_of, detect
 from dipr.core.detector_contract import DetectorInfo
 from dipr.core.errors import DiprError
 from dipr.core.images import DecodedImage, read_header
@@ -120,12 +120,10 @@ def _returned(
     try:
         header = read_header(data, None, MAX_PIXELS)
         decoded = decode_for_boxes(data, header, None, pose_info.input_size, padding=padding)
-        boxed = letterbox(decoded, detector_info.input_size)
-        outputs = _run(detector_session, detector_contract.OUTPUTS, boxed.inputs)
-        found = persons_in(
-            {name: values[0] for name, values in outputs.items()},
-            boxed.crops[0],
-            (decoded.width, decoded.height),
+        found = detect(
+            decoded,
+            lambda inputs: _run(detector_session, detector_contract.OUTPUTS, inputs),
+            detector_info.input_size,
             min_score,
             box_source,
         )

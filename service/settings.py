@@ -142,10 +142,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _boxes_fit_the_queue(self) -> "Settings":
-        # A request with more crops (or images to detect in) than the queue holds could never be
-        # admitted.
+        # A request with more crops than the queue holds would only ever be admitted into an
+        # empty queue (the batcher's rule, which also covers the persons a detector finds).
         if max(self.max_boxes, self.max_images) > self.max_queue:
             raise ValueError("max_boxes and max_images must not exceed max_queue")
-        if self.detect and self.max_images > self.detector_max_queue:
-            raise ValueError("max_images must not exceed detector_max_queue")
         return self

@@ -16,12 +16,12 @@ class CropStage(ImageStage):
 
     def run_image(self, work: ImageWork) -> None:
         decoded = required(work.decoded, "decoded")
-        if work.detected is not None:
+        if work.detected is not None:  # boxes found after decoding: fine enough for them?
             decoded = work.decoded = refine_for_boxes(
                 work.source.data,
                 required(work.header, "header"),
                 decoded,
-                [person.box for person in work.detected],
+                required(work.boxes, "boxes"),
                 self.input_size,
                 padding=self.padding,
             )
