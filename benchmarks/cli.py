@@ -43,6 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="short stages and fewer points (a smoke run, not figures)",
     )
+    parser.add_argument(
+        "--storm",
+        action="store_true",
+        help="instead: the storm of issue #15 (8 clients posting 16 images of 7000×7000 each, "
+        "a 1280×720 photo every 2 s) against the service, and its report (no `hey` needed)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -51,13 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from dipr.benchmarks.run import BenchConfig, report_json, run_bench
     from dipr.service.backend import ProviderUnavailable
 
-    if shutil.which("hey") is None:
-        print("dipr bench: error: needs `hey` (Debian package hey)", file=sys.stderr)
-        return 1
     service_env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
     if len(service_env) != len(args.service_env):
         print("dipr bench: error: --service-env takes DIPR_NAME=VALUE", file=sys.stderr)
         return 2
+    if args.storm:
+        return run_storm_bench(args, service_env)
+    if shutil.which("hey") is None:
+        print("dipr bench: error: needs `hey` (Debian package hey)", file=sys.stderr)
+        return 1
     config = BenchConfig(
         model=args.model,
         photo=args.photo,
@@ -84,4 +92,36 @@ def run(args: argparse.Namespace) -> int:
         leftover.unlink()
     print(table)
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0
+
+
+def run_storm_bench(args: argparse.Namespace, service_env: dict[str, str]) -> int:
+    """`dipr bench --storm`: the service on a free loopback port (deadline 10 s, other settings
+    their defaults unless --service-env says otherwise), the storm, its report."""
+    from dipr.benchmarks.servers import ServerProcess, free_port
+    from dipr.benchmarks.storm import available_mib, markdown_header, run_storm
+
+    env = {
+        "DIPR_MODEL_PATH": str(args.model),
+        "DIPR_PROVIDER": args.provider,
+        "DIPR_DETECTOR_PATH": str(args.detector),
+        "DIPR_REQUEST_TIMEOUT_S": "10",
+        "DIPR_DRAIN_DELAY_S": "0",
+        "DIPR_SHUTDOWN_GRACE_S": "5",  # requests still waiting at the end: not for long
+        **service_env,
+    }
+    port = free_port()
+    command = [sys.executable, "-m", "dipr.cli", "serve", "--port", str(port)]
+    with ServerProcess([*command, "--log-level", "warning"], port, env) as server:
+        server.wait_ready("/health/ready")
+        report = run_storm(
+            server.url,
+            server.process.pid,
+            duration_s=10.0 if args.quick else 40.0,
+            request_timeout_s=float(env["DIPR_REQUEST_TIMEOUT_S"]),
+            abort_rss_mib=0.6 * available_mib(),  # the machine first: then the server is killed
+        )
+    print(report.summary())
+    print(markdown_header())
+    print(report.markdown_row())
     return 0

@@ -26,9 +26,7 @@ class LoadResult:
     p99_ms: float
 
 
-def multipart_body(
-    name: str, jpeg: bytes, boxes: str | None, folder: Path
-) -> tuple[Path, str]:
+def multipart_body(name: str, jpeg: bytes, boxes: str | None, folder: Path) -> tuple[Path, str]:
     """A multipart/form-data body with the JPEG in `image` (and `boxes`), in a file of `folder`,
     and its content type."""
     boundary = uuid.uuid4().hex

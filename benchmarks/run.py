@@ -80,6 +80,7 @@ class BenchReport:
     detection_preprocess_ms: float = 0.0
     detection_limit: list[LimitResult] = field(default_factory=list)
 
+
 ONE_PERSON = ("service", "naive")  # the targets of the photo of one person
 NO_BOXES = "no boxes"  # the targets of the group photo: "service, no boxes", "naive, no boxes"
 
@@ -246,7 +247,10 @@ class _Detection:
         )
         data = group_photo(config.photo.parent, GROUP)
         work = detection_work(
-            data, detector.infer, detector.info.input_size, pose.info.input_size,
+            data,
+            detector.infer,
+            detector.info.input_size,
+            pose.info.input_size,
             DEFAULT_MIN_PERSON_SCORE,
         )
         # One stream on the main sessions (every core); on CPU also two, each on its share.

@@ -38,6 +38,10 @@ class InvalidInput(DiprError):
 class Overloaded(DiprError):
     """Too much work is queued to accept more now; trying again later may succeed."""
 
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause  # what had no room: "decode_budget", "pose_queue", …
+
 
 class DeadlineExceeded(DiprError):
     """The work's time budget ran out before a result was ready."""

@@ -134,7 +134,5 @@ def prepare_image(
 ) -> PreparedImage:
     """Both steps, as the service runs them."""
     header = read_header(data, declared, max_pixels)
-    decoded = decode_for_boxes(
-        data, header, boxes, input_size, padding=padding, reduced=reduced
-    )
+    decoded = decode_for_boxes(data, header, boxes, input_size, padding=padding, reduced=reduced)
     return PreparedImage(decoded, crop_boxes(decoded, boxes, input_size, padding=padding))

@@ -110,10 +110,12 @@ class Batcher:
         workers: int = 1,
         infer_alongside: InferFn | None = None,
         occupancy: Occupancy | None = None,
+        name: str = "batch",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("max_batch_size, max_queue, workers must be ≥ 1, max_delay_s ≥ 0")
         self._infer = infer
+        self.name = name  # the model's role ("pose", "detector"): names its threads and refusals
         # With several workers: how to run a batch while another batch is running or waiting
         # (on CPU, on a share of the cores: its own, instead of contending for all of them).
         # Such batches are a quarter of the largest: every worker gets some of the queue, and on
@@ -132,7 +134,7 @@ class Batcher:
         # cores idle in its less parallel operators); results of one request may then arrive
         # from different threads, so scattering them takes a lock.
         self._threads = [
-            threading.Thread(target=self._run, name=f"dipr-batcher-{i}", daemon=True)
+            threading.Thread(target=self._run, name=f"dipr-{name}-{i}", daemon=True)
             for i in range(workers)
         ]
         self._scatter = threading.Lock()
@@ -168,21 +170,27 @@ class Batcher:
         )
         with self._cond:
             if self._stopping:
-                raise Overloaded("the service is shutting down")
+                raise Overloaded("the service is shutting down", cause="shutting_down")
             # An empty queue takes any one request, even one larger than it (the persons a
             # detector found in many images): refused, it could never be admitted.
             if self._queue and len(self._queue) + len(crops) > self.max_queue:
-                raise Overloaded(f"queue full ({len(self._queue)} crops waiting)")
+                raise Overloaded(
+                    f"the {self.name} queue is full ({len(self._queue)} waiting)",
+                    cause=f"{self.name}_queue",
+                )
             self._queue.extend((job, i) for i in range(len(crops)))
             self._observer.queue_depth(len(self._queue))
             self._cond.notify()
         try:
             return await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            job.closed = True
             raise DeadlineExceeded(
                 "the request's deadline passed before inference finished"
             ) from None
+        finally:
+            # Answered, timed out or cancelled (the request's own deadline, a client gone):
+            # crops not yet run are skipped.
+            job.closed = True
 
     def _take_batch(self) -> tuple[list[tuple[_Job, int]], bool] | None:
         """The next batch, and whether it has the machine to itself (nothing else running or

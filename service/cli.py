@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         "log_config": logging_config(settings.log_format, args.log_level),
         "access_log": False,  # dipr writes its own, with request ids
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        # uvicorn's httptools protocol, plus closing clients that stall mid-request
+        # (DIPR_CLIENT_TIMEOUT_S); by import string, so that spawned workers load it too.
+        "http": "dipr.service.http.connections:WatchedHttpProtocol",
     }
     if args.workers > 1:
         # uvicorn's supervisor runs the workers: plain shutdown, no drain delay.

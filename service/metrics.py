@@ -61,7 +61,7 @@ class ServiceMetrics:
         self.stage_duration = Histogram(
             "dipr_stage_duration_seconds",
             "Time of one pipeline stage: per image for decode, letterbox and crop; per request "
-            "for detect and pose (waiting for a batch included)",
+            "for admit, detect and pose (waiting for a batch included)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -113,6 +113,38 @@ class ServiceMetrics:
         self.rejected = Counter(
             "dipr_rejected", "Requests refused, by reason", ["reason"], registry=r
         )
+        self.overloaded = Counter(
+            "dipr_overloaded",
+            "Requests refused with 503 because there was no room, by cause: decode_budget, "
+            "pose_queue, detector_queue",
+            ["cause"],
+            registry=r,
+        )
+        self.decode_budget = Gauge(
+            "dipr_decode_budget_megapixels",
+            "Megapixels of decoding that may be admitted at once (DIPR_DECODE_BUDGET_MP)",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.decode_in_flight = Gauge(
+            "dipr_decode_in_flight_megapixels",
+            "Megapixels of decoding admitted and not yet done, by lane: light, heavy",
+            ["lane"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.client_connections = Gauge(
+            "dipr_client_connections",
+            "HTTP connections open",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.stalled_connections = Counter(
+            "dipr_stalled_connections_closed",
+            "Connections closed because the client sent nothing of its request's headers or "
+            "body for DIPR_CLIENT_TIMEOUT_S",
+            registry=r,
+        )
         self.model_info = Gauge(
             "dipr_model_info",
             "The models being served (value 1), by role: pose, detector",
@@ -136,6 +168,10 @@ class ServiceMetrics:
     # StageObserver
     def stage_done(self, stage: str, seconds: float) -> None:
         self.stage_duration.labels(stage).observe(seconds)
+
+    # BudgetObserver
+    def in_flight(self, lane: str, megapixels: float) -> None:
+        self.decode_in_flight.labels(lane).set(megapixels)
 
 
 class BatcherMetrics:

@@ -1,12 +1,14 @@
 """A request's images through a sequence of stages, and what comes out: poses in image pixels.
 
-A stage is one step of the data flow (decode → letterbox → detect → crop → pose → back to image
-pixels). Each image of a request is an `ImageWork` that the stages fill in turn. Two kinds:
+A stage is one step of the data flow (admit → decode → letterbox → crop → detect → crop → pose →
+back to image pixels). Each image of a request is an `ImageWork` that the stages fill in turn.
+Two kinds:
 
-- `ImageStage`: one image at a time, synchronous. CPU-heavy ones (`offload = True`: decoding,
-  warping) run in a worker thread, off the event loop; consecutive ones share one thread hop.
-- `RequestStage`: every image of the request at once, asynchronous: it waits for shared work
-  (a batch of inference with other requests' images or crops).
+- `ImageStage`: one image at a time, synchronous, for the images it `applies` to. CPU-heavy ones
+  (`offload = True`: decoding, warping) run in the `FairPool`'s threads, off the event loop,
+  taking turns with other requests; consecutive ones share one unit of work.
+- `RequestStage`: every image of the request at once, asynchronous: it decides admission, or
+  waits for shared work (a batch of inference with other requests' images or crops).
 
 Nothing here knows HTTP or ONNX: requests arrive as bytes with their boxes and leave as results.
 """
@@ -15,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -23,6 +26,8 @@ from dipr.core.crops import Box
 from dipr.core.detection import DetectedPerson
 from dipr.core.images import DecodedImage, ImageHeader
 from dipr.core.prepare import CroppedImage
+from dipr.service.admission import Admission
+from dipr.service.fair_pool import FairPool, RequestQueue
 
 T = TypeVar("T")
 
@@ -69,9 +74,13 @@ class ImageWork:
 
     source: ImageInput
     options: PoseOptions
+    index: int  # its place in the request
     boxes: Sequence[Box] | None = None  # the persons to crop; None: the whole image
-    header: ImageHeader | None = None  # set by decoding
-    decoded: DecodedImage | None = None  # set by decoding (finer again after detection)
+    header: ImageHeader | None = None  # set by admission
+    admission: Admission | None = None  # the request's hold on the decode budget
+    size: tuple[int, int] | None = None  # (width, height) in image pixels, set by decoding
+    # Set by decoding (finer again after detection), dropped once cropped unless kept.
+    decoded: DecodedImage | None = None
     detector_input: CroppedImage | None = None  # the letterbox, for an image to detect in
     detected: list[DetectedPerson] | None = None  # set by detection: `boxes` are theirs
     cropped: CroppedImage | None = None  # set by cropping
@@ -82,10 +91,19 @@ class ImageWork:
     def wants_detection(self) -> bool:
         return self.source.boxes is None and self.options.detect is not False
 
+    def decoding_done(self) -> None:
+        """Its pixels are no longer needed: dropped, and their cost given back to the budget
+        (pixels kept for drawing are held, and paid for, until the request ends)."""
+        if self.options.keep_pixels:
+            return
+        self.decoded = None
+        if self.admission is not None:
+            self.admission.image_done(self.index)
+
     def result(self) -> ImagePoses:
-        decoded = required(self.decoded, "decoded")
-        pixels = decoded.pixels if self.options.keep_pixels else None
-        return ImagePoses(decoded.width, decoded.height, self.persons, pixels)
+        width, height = required(self.size, "size")
+        pixels = required(self.decoded, "decoded").pixels if self.options.keep_pixels else None
+        return ImagePoses(width, height, self.persons, pixels)
 
 
 def required(value: T | None, name: str) -> T:
@@ -106,6 +124,10 @@ class ImageStage:
 
     name: str = "image"
     offload: bool = True
+
+    def applies(self, work: ImageWork) -> bool:
+        """Whether this image needs the stage now (else it is skipped, and not timed)."""
+        return True
 
     def run_image(self, work: ImageWork) -> None:
         raise NotImplementedError
@@ -129,29 +151,54 @@ class _Unobserved:
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], observer: StageObserver | None = None) -> None:
+    def __init__(
+        self, stages: Sequence[Stage], pool: FairPool, observer: StageObserver | None = None
+    ) -> None:
         self.stages = tuple(stages)
         self._steps = _group(self.stages)
+        self._pool = pool
         self._observer = observer or _Unobserved()
 
     async def run(
         self, images: Sequence[ImageInput], options: PoseOptions, deadline: float
     ) -> list[ImagePoses]:
-        works = [ImageWork(image, options, image.boxes) for image in images]
-        for step in self._steps:
-            if isinstance(step, RequestStage):
-                started = time.perf_counter()
-                await step.run_request(works, deadline)
-                self._observer.stage_done(step.name, time.perf_counter() - started)
-            elif step[0].offload:
-                await asyncio.gather(*(asyncio.to_thread(self._run_all, step, w) for w in works))
-            else:
-                for work in works:
-                    self._run_all(step, work)
-        return [work.result() for work in works]
+        works = [ImageWork(image, options, i, image.boxes) for i, image in enumerate(images)]
+        queue = self._pool.queue(deadline)
+        try:
+            for step in self._steps:
+                if isinstance(step, RequestStage):
+                    started = time.perf_counter()
+                    await step.run_request(works, deadline)
+                    self._observer.stage_done(step.name, time.perf_counter() - started)
+                elif step[0].offload:
+                    await self._offload(queue, step, works)
+                else:
+                    for work in works:
+                        self._run_all(step, work)
+            return [work.result() for work in works]
+        finally:
+            queue.close()  # whatever has not started (the request failed or timed out) goes
+            for work in works:  # the request's one admission: closing it again is harmless
+                if work.admission is not None:
+                    work.admission.close()
+
+    async def _offload(
+        self, queue: RequestQueue, stages: tuple[ImageStage, ...], works: list[ImageWork]
+    ) -> None:
+        admission = works[0].admission if works else None
+        queue.light = admission is not None and admission.lane == "light"
+        tasks = [asyncio.ensure_future(queue.run(partial(self._run_all, stages, w))) for w in works]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one image failed, or the request is cancelled: the rest go
+                task.cancel()
+            raise
 
     def _run_all(self, stages: tuple[ImageStage, ...], work: ImageWork) -> None:
         for stage in stages:
+            if not stage.applies(work):
+                continue
             started = time.perf_counter()
             stage.run_image(work)
             self._observer.stage_done(stage.name, time.perf_counter() - started)

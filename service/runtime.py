@@ -1,19 +1,24 @@
 """The service's work, assembled from the settings: the one object the HTTP layer is handed.
 
 `Runtime.load` builds the ONNX Runtime backends (the pose model and, unless detection is off,
-the person detector), one batcher each, and the pipeline of stages (decode → letterbox → detect
-→ crop → pose → back to image pixels), warms both models up and only then reports ready. The
-HTTP layer calls `estimate` and reads `model`, `detector`, `provider` and `readiness()`; it
-never sees a session, a batcher or a stage.
+the person detector), one batcher each, the decode budget, the threads for CPU work and the
+pipeline of stages (admit → decode → letterbox → crop → detect → crop → pose → back to image
+pixels), warms both models up and only then reports ready. The HTTP layer calls `estimate` and
+reads `model`, `detector`, `provider` and `readiness()`; it never sees a session, a batcher or a
+stage.
 """
 
+import asyncio
 import logging
+import os
+import time
 from collections.abc import Sequence
 
 from dipr.core import detector_contract
 from dipr.core.detector_contract import DetectorInfo
-from dipr.core.errors import InvalidInput, ModelError, NotReady
+from dipr.core.errors import DeadlineExceeded, InvalidInput, ModelError, NotReady, Overloaded
 from dipr.core.pose_contract import ModelInfo
+from dipr.service.admission import DecodeBudget
 from dipr.service.backend import (
     OnnxBackend,
     ProviderUnavailable,
@@ -21,9 +26,11 @@ from dipr.service.backend import (
     warm_up_sizes,
 )
 from dipr.service.batcher import Batcher, Occupancy
+from dipr.service.fair_pool import FairPool
 from dipr.service.metrics import ServiceMetrics
 from dipr.service.pipeline import ImageInput, ImagePoses, Pipeline, PoseOptions, Stage
 from dipr.service.settings import Settings
+from dipr.service.stages.admit import AdmitStage
 from dipr.service.stages.crop import CropStage
 from dipr.service.stages.decode import DecodeStage
 from dipr.service.stages.detect import DetectStage
@@ -32,6 +39,11 @@ from dipr.service.stages.pose import PoseStage
 from dipr.service.stages.to_image import ToImageStage
 
 log = logging.getLogger("dipr.service")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Runtime:
@@ -46,6 +58,7 @@ class Runtime:
         # either model runs.
         self._occupancy = Occupancy()
         self._pipeline: Pipeline | None = None
+        self._pool: FairPool | None = None
         self._not_ready: str | None = "loading the models"
 
     def load(self) -> None:
@@ -60,27 +73,46 @@ class Runtime:
             self.stop_batchers()
             return
         s = self.settings
-        stages: list[Stage] = []
+        crop = CropStage(pose.info.input_size, s.box_padding)
+        # Images sent with boxes are cropped right after decoding, the others after detection.
+        cropping: list[Stage] = [crop]
         decode_size = pose.info.input_size
         if detection is not None:
             detector, detector_batcher = detection
             # The whole picture is decoded for the larger of the two inputs.
             width, height = detector.info.input_size
             decode_size = (max(decode_size[0], width), max(decode_size[1], height))
-            stages += [
+            cropping = [
                 LetterboxStage(detector.info.input_size),
+                crop,
                 DetectStage(detector_batcher, s.min_person_score, s.detector_box),
+                crop,
             ]
             self.detector = detector.info
             self._register(detector, "detector")
+        cores = usable_cores()
+        budget = DecodeBudget(s.decode_budget(cores), observer=self.metrics)
+        self.metrics.decode_budget.set(budget.megapixels)
+        # One more thread for light requests: a photo is not queued behind 7000×7000 decodes.
+        self._pool = FairPool(s.cpu_workers or cores, light_workers=1)
+        self._pool.start()
+        admit = AdmitStage(
+            budget,
+            decode_size,
+            s.box_padding,
+            s.max_image_pixels,
+            s.reduced_decode,
+            detecting=detection is not None,
+        )
         self._pipeline = Pipeline(
             [
-                DecodeStage(decode_size, s.box_padding, s.max_image_pixels, s.reduced_decode),
-                *stages,
-                CropStage(pose.info.input_size, s.box_padding),
+                admit,
+                DecodeStage(decode_size, s.box_padding, s.reduced_decode),
+                *cropping,
                 PoseStage(pose_batcher),
                 ToImageStage(),
             ],
+            self._pool,
             observer=self.metrics,
         )
         self.model, self.provider = pose.info, pose.provider
@@ -134,6 +166,7 @@ class Runtime:
             workers=workers,
             infer_alongside=backend.infer_alongside,
             occupancy=self._occupancy,
+            name=model,
         )
         self._batchers.append(batcher)
         batcher.start()
@@ -149,15 +182,23 @@ class Runtime:
     async def estimate(
         self, images: Sequence[ImageInput], options: PoseOptions, deadline: float
     ) -> list[ImagePoses]:
-        """Poses of every person box (or person found, or whole image) of `images`, in order.
-        Loading, draining or a refused GPU refuse new work (NotReady); a streak of failed
-        batches does not: it only takes the replica out of rotation, and the next good batch
-        ends it."""
+        """Poses of every person box (or person found, or whole image) of `images`, in order,
+        by `deadline` (time.monotonic()) or DeadlineExceeded then, whatever the request waits
+        for; its work not yet started is dropped. Loading, draining or a refused GPU refuse
+        new work (NotReady); a streak of failed batches does not: it only takes the replica out
+        of rotation, and the next good batch ends it."""
         if self._not_ready is not None or self._pipeline is None:
             raise NotReady(f"not ready: {self._not_ready}")
         if options.detect and self.detector is None:
             raise InvalidInput("person detection is off in this service (DIPR_DETECT=false)")
-        results = await self._pipeline.run(images, options, deadline)
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                results = await self._pipeline.run(images, options, deadline)
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed before it was done") from None
+        except Overloaded as refusal:
+            self.metrics.overloaded.labels(refusal.cause).inc()
+            raise
         self.metrics.images.inc(len(results))
         for result in results:
             self.metrics.persons.inc(len(result.persons))
@@ -178,9 +219,11 @@ class Runtime:
         self._not_ready = "shutting down"
 
     def stop(self) -> None:
-        """Finish what the batchers accepted, then end them."""
+        """Finish what the batchers and the CPU threads accepted, then end them."""
         self.begin_drain()
         self.stop_batchers()
+        if self._pool is not None:
+            self._pool.stop()
 
     def stop_batchers(self) -> None:
         for batcher in self._batchers:

@@ -12,6 +12,7 @@ from dipr.core.detection import DEFAULT_MIN_PERSON_SCORE
 from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
 
 MiB = 1024 * 1024
+DECODE_MP_PER_S = 100.0  # one core's JPEG decoding, conservatively (the default budget's unit)
 
 
 class Settings(BaseSettings):
@@ -51,7 +52,32 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         256, ge=1, description="most crops waiting; beyond it requests get 503 with Retry-After"
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request (504)")
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="deadline per request, from its headers to its answer, whatever it waits "
+        "for (body upload, decoding, detection, inference): 504 by then",
+    )
+    client_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a client that sends nothing more of a request's headers or body for this "
+        "long is disconnected (counted in dipr_stalled_connections_closed_total)",
+    )
+    decode_budget_mp: float = Field(
+        0.0,
+        ge=0,
+        description="megapixels of decoding admitted and not yet done (a request costs what "
+        "its image headers say it may decode); beyond it requests get 503 with Retry-After, at "
+        "once; a quarter is kept for light requests (each at most 1/16 of it). 0: what the cores "
+        "decode in a third of DIPR_REQUEST_TIMEOUT_S at 100 MP/s each (2000 on 2 cores)",
+    )
+    cpu_workers: int = Field(
+        0,
+        ge=0,
+        description="threads decoding and warping images, taking turns between requests so "
+        "that a small request is not queued behind a large one; 0: one per core",
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
     max_request_bytes: int = Field(32 * MiB, ge=1, description="largest request body (413)")
     max_image_pixels: int = Field(
@@ -124,6 +150,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish"
     )
     log_format: Literal["json", "text"] = Field("json", description="log lines as JSON or text")
+
+    def decode_budget(self, cores: int) -> float:
+        """DIPR_DECODE_BUDGET_MP, or its default for `cores`: admitted work that a core decodes at
+        a conservative 100 MP/s (140–250 measured on the CI machine) ends well within the
+        deadline."""
+        return self.decode_budget_mp or DECODE_MP_PER_S * cores * self.request_timeout_s / 3
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -405,9 +405,13 @@ def test_metrics_pass_promtool_and_count(url: str) -> None:
         "dipr_model_info",
         "dipr_stage_duration_seconds_bucket",
         "dipr_persons_per_image_bucket",
+        "dipr_decode_budget_megapixels",
+        "dipr_decode_in_flight_megapixels",
+        "dipr_client_connections",
+        "dipr_stalled_connections_closed_total",
     ):
         assert re.search(rf"^{name}\b", after, re.MULTILINE), name
-    for stage in ("decode", "crop", "pose", "to_image"):
+    for stage in ("admit", "decode", "crop", "pose", "to_image"):
         assert f'dipr_stage_duration_seconds_count{{stage="{stage}"}}' in after, stage
     for role, name in (("pose", "movenet-thunder"), ("detector", "movenet-multipose")):
         labels = f'name="{name}",provider="CPUExecutionProvider",role="{role}",version="1"'
@@ -452,6 +456,9 @@ def test_full_queue_answers_503_with_retry_after() -> None:
         metrics = httpx.get(f"{url}/metrics").text
         assert metric_value(
             metrics, "dipr_rejected_total", '{reason="overloaded"}'
+        ) == statuses.count(503)
+        assert metric_value(
+            metrics, "dipr_overloaded_total", '{cause="pose_queue"}'
         ) == statuses.count(503)
 
 

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from dipr.core.errors import DiprError
+from dipr.service.http.connections import STATE_KEY, ConnectionWatch
 from dipr.service.http.errors import error_body, error_response, http_error
 from dipr.service.http.middleware import RequestLimits, RequestObserver
 from dipr.service.http.routes import health_router, metrics_router, pose_router
@@ -29,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = Runtime(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ConnectionWatch]]:
         await asyncio.to_thread(runtime.load)
         metrics_server = None
         if settings.metrics_port is not None:
@@ -37,7 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics_server, _ = start_http_server(
                 settings.metrics_port, settings.host, runtime.metrics.exposition_registry
             )
-        yield
+        # The lifespan state reaches every connection: `dipr serve`'s WatchedHttpProtocol reads
+        # its client timeout and metrics there (plain uvicorn ignores it).
+        metrics = runtime.metrics
+        watch = ConnectionWatch(
+            settings.client_timeout_s, metrics.stalled_connections, metrics.client_connections
+        )
+        yield {STATE_KEY: watch}
         await asyncio.to_thread(runtime.stop)
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -88,6 +96,13 @@ def _handle_errors(app: FastAPI, runtime: Runtime) -> None:
         return JSONResponse(
             error_body(code, str(error.detail)), error.status_code, headers=error.headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # The connection closed before the body was read (the client left, or it stalled past
+        # DIPR_CLIENT_TIMEOUT_S): no one to answer, nothing to log as an error. 499 (nginx's
+        # "client closed request") is what the access log and the request counter see.
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:

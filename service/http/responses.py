@@ -123,9 +123,7 @@ def _person(pose: PersonPose, names: tuple[str, ...], raw: bool) -> PersonResult
     )
 
 
-def model_details(
-    model: ModelInfo, provider: str, detector: DetectorInfo | None
-) -> ModelDetails:
+def model_details(model: ModelInfo, provider: str, detector: DetectorInfo | None) -> ModelDetails:
     return ModelDetails(
         name=model.name,
         version=model.version,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from dipr.core.errors import LimitExceeded, NotReady
+from dipr.core.errors import DeadlineExceeded, LimitExceeded, NotReady
 from dipr.core.images import SUPPORTED_MEDIA_TYPES
 from dipr.service.http.dependencies import KEYED, RuntimeDep
 from dipr.service.http.errors import DESCRIPTIONS
@@ -56,6 +56,7 @@ POSE_BODY = {
     }
 }
 
+
 async def detection_options(
     detect: Annotated[
         bool | None,
@@ -83,7 +84,11 @@ async def _estimate(
 ) -> list[ImagePoses]:
     s = runtime.settings
     deadline = time.monotonic() + s.request_timeout_s
-    images = await read_pose_request(request, s.max_images, s.max_boxes)
+    try:  # a slow upload counts against the request's deadline too
+        async with asyncio.timeout(s.request_timeout_s):
+            images = await read_pose_request(request, s.max_images, s.max_boxes)
+    except TimeoutError:
+        raise DeadlineExceeded("the request's body did not arrive before its deadline") from None
     if one_image and len(images) > 1:
         raise LimitExceeded(f"{request.url.path} takes one image")
     return await runtime.estimate(images, options, deadline)
@@ -118,9 +123,7 @@ async def pose(
         **ERROR_RESPONSES,
     },
 )
-async def pose_render(
-    request: Request, runtime: RuntimeDep, detection: DetectionDep
-) -> Response:
+async def pose_render(request: Request, runtime: RuntimeDep, detection: DetectionDep) -> Response:
     """The (single) uploaded image as JPEG with every person's box and skeleton drawn."""
     options = replace(detection, keep_pixels=True)
     (result,) = await _estimate(request, runtime, options, one_image=True)

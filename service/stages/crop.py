@@ -1,6 +1,7 @@
-"""Stage: the person boxes (or the whole picture) → network inputs, one warp each. Boxes a
-detector found may need a finer decode than the one it ran on: the picture is decoded again
-then."""
+"""Stage: the person boxes (or the whole picture) → network inputs, one warp each, as soon as the
+boxes are known: right after decoding, or after detection for the images it finds persons in
+(the stage is placed at both points). Boxes a detector found may need a finer decode than the one
+it ran on: the picture is decoded again then. Once cropped, the pixels are dropped."""
 
 from dipr.core.prepare import crop_boxes, refine_for_boxes
 from dipr.service.pipeline import ImageStage, ImageWork, required
@@ -14,6 +15,10 @@ class CropStage(ImageStage):
         self.input_size = input_size
         self.padding = padding
 
+    def applies(self, work: ImageWork) -> bool:
+        awaiting_detection = work.detector_input is not None and work.detected is None
+        return work.cropped is None and not awaiting_detection
+
     def run_image(self, work: ImageWork) -> None:
         decoded = required(work.decoded, "decoded")
         if work.detected is not None:  # boxes found after decoding: fine enough for them?
@@ -26,3 +31,4 @@ class CropStage(ImageStage):
                 padding=self.padding,
             )
         work.cropped = crop_boxes(decoded, work.boxes, self.input_size, padding=self.padding)
+        work.decoding_done()

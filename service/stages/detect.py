@@ -24,12 +24,11 @@ class DetectStage(RequestStage):
         inputs = np.concatenate([letterbox.inputs for letterbox in letterboxes])
         outputs = await self.batcher.submit(inputs, deadline)
         for row, (work, letterbox) in enumerate(zip(detecting, letterboxes, strict=True)):
-            decoded = required(work.decoded, "decoded")
             threshold = work.options.min_score
             work.detected = persons_in(
                 {name: values[row] for name, values in outputs.items()},
                 letterbox.crops[0],
-                (decoded.width, decoded.height),
+                required(work.size, "size"),
                 self.min_score if threshold is None else threshold,
                 self.box_source,
             )

@@ -11,6 +11,8 @@ class LetterboxStage(ImageStage):
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = input_size
 
+    def applies(self, work: ImageWork) -> bool:
+        return work.wants_detection
+
     def run_image(self, work: ImageWork) -> None:
-        if work.wants_detection:
-            work.detector_input = letterbox(required(work.decoded, "decoded"), self.input_size)
+        work.detector_input = letterbox(required(work.decoded, "decoded"), self.input_size)

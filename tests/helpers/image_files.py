@@ -18,7 +18,6 @@ def encode(ext: str, bgr: np.ndarray, *params: int) -> bytes:
     return buf.tobytes()
 
 
-
 # cv2.imencode argument lists for each format; WebP quality > 100 means lossless (VP8L).
 ENCODINGS = {
     "jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY, 95),
@@ -29,15 +28,12 @@ ENCODINGS = {
 }
 
 
-
 LOSSY = {"jpeg", "webp-lossy"}
-
 
 
 def encoded(kind: str, bgr: np.ndarray) -> bytes:
     ext, *params = ENCODINGS[kind]
     return encode(ext, bgr, *params)
-
 
 
 def smooth_bgr(height: int, width: int) -> np.ndarray:
@@ -50,11 +46,9 @@ def smooth_bgr(height: int, width: int) -> np.ndarray:
     return bgr
 
 
-
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
     crc = zlib.crc32(kind + payload)
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
 
 
 def hand_png(
@@ -77,7 +71,6 @@ def hand_png(
     )
 
 
-
 def sof_offset(jpeg: bytes) -> int:
     """Where cv2's baseline SOF0 segment (length 17, 8-bit, 3 components) starts."""
     offset = jpeg.find(b"\xff\xc0\x00\x11\x08")
@@ -85,14 +78,11 @@ def sof_offset(jpeg: bytes) -> int:
     return offset
 
 
-
 # Canonical Huffman codes (JPEG Annex C) for the standard luminance DC table.
 DC_BITS = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
 
 
-
 DC_VALUES = list(range(12))
-
 
 
 def huffman_codes(bits: list[int], values: list[int]) -> dict[int, tuple[int, int]]:
@@ -104,7 +94,6 @@ def huffman_codes(bits: list[int], values: list[int]) -> dict[int, tuple[int, in
             k += 1
         code <<= 1
     return codes
-
 
 
 def cmyk_jpeg(blocks: list[tuple[int, int, int, int]]) -> bytes:
@@ -157,7 +146,6 @@ def cmyk_jpeg(blocks: list[tuple[int, int, int, int]]) -> bytes:
     )
 
 
-
 def core_bmp(bgr: np.ndarray) -> bytes:
     """A 24-bit BMP with the old 12-byte BITMAPCOREHEADER (16-bit sizes), rows bottom-up."""
     height, width = bgr.shape[:2]
@@ -171,11 +159,9 @@ def core_bmp(bgr: np.ndarray) -> bytes:
     )
 
 
-
 def riff_webp(*chunks: bytes) -> bytes:
     body = b"WEBP" + b"".join(chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
-
 
 
 def vp8x_chunk(width: int, height: int, flags: int = 0) -> bytes:
@@ -188,7 +174,6 @@ def vp8x_chunk(width: int, height: int, flags: int = 0) -> bytes:
     )
 
 
-
 def vp8x_webp(bgr: np.ndarray) -> bytes:
     """A lossy VP8 bitstream wrapped in the extended (VP8X) container."""
     height, width = bgr.shape[:2]
@@ -197,10 +182,8 @@ def vp8x_webp(bgr: np.ndarray) -> bytes:
     return riff_webp(vp8x_chunk(width, height), simple[12:])
 
 
-
 def to_rgb(bgr: np.ndarray) -> np.ndarray:
     return bgr[..., ::-1]
-
 
 
 # EXIF orientation → how the stored pixels must be transformed for display.
@@ -216,13 +199,11 @@ ORIENTATIONS = {
 }
 
 
-
 def exif_jpeg(orientation: int, big_endian: bool = True) -> tuple[bytes, np.ndarray]:
     bgr = smooth_bgr(40, 64)
     bgr[:8, :8] = (0, 0, 255)  # a red marker block in the top-left corner
     jpeg = encoded("jpeg", bgr)
     return jpeg[:2] + exif_app1(orientation, big_endian) + jpeg[2:], to_rgb(bgr)
-
 
 
 GIF89A = (
@@ -238,17 +219,14 @@ GIF89A = (
 )
 
 
-
 SVG = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
     b'width="10" height="10"><rect width="10" height="10" fill="red"/></svg>\n'
 )
 
 
-
 def random_bgr(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
 
 
 def bomb(kind: str, width: int, height: int) -> bytes:
@@ -259,7 +237,6 @@ def bomb(kind: str, width: int, height: int) -> bytes:
     else:
         struct.pack_into(">HH", data, sof_offset(bytes(data)) + 5, height, width)
     return bytes(data)
-
 
 
 def declared_cases() -> list[tuple[str, bytes, str, tuple[int, int]]]:
@@ -305,18 +282,14 @@ def declared_cases() -> list[tuple[str, bytes, str, tuple[int, int]]]:
     ]
 
 
-
 DECLARED = declared_cases()
-
 
 
 DECLARED_BY_NAME = {case[0]: case[1:] for case in DECLARED}
 
 
-
 def patched(data: bytes, offset: int, replacement: bytes) -> bytes:
     return data[:offset] + replacement + data[offset + len(replacement) :]
-
 
 
 def garbled_cases() -> list[tuple[str, bytes, str]]:
@@ -341,7 +314,6 @@ def garbled_cases() -> list[tuple[str, bytes, str]]:
         ("png-declared-as-jpeg", png, "jpeg"),
         ("jpeg-declared-as-bmp", jpeg, "bmp"),
     ]
-
 
 
 GARBLED = garbled_cases()

@@ -58,5 +58,3 @@ def test_index_pixels_become_coco_continuous_coordinates():
     # boxes go into crop_for_box as COCO gives them and only keypoints need the +0.5.
     crop = crop_for_box((0.0, 0.0, 256.0, 256.0), (256, 256), padding=1.0)
     assert crop.matrix == pytest.approx(np.eye(2, 3))
-
-

@@ -156,7 +156,7 @@ async def test_full_queue_is_overloaded_and_nothing_accepted_is_lost(recorder: R
     batcher.start()
     accepted = [asyncio.create_task(batcher.submit(tagged([i, i]), deadline())) for i in range(3)]
     await asyncio.sleep(0)  # let them enqueue: 6 crops, the queue is full
-    with pytest.raises(Overloaded, match="queue full"):
+    with pytest.raises(Overloaded, match="queue is full"):
         await batcher.submit(tagged([9]), deadline())
     results = await asyncio.gather(*accepted)
     batcher.stop()
@@ -227,7 +227,7 @@ async def test_an_empty_queue_takes_one_request_larger_than_itself(recorder: Rec
     batcher.start()
     large = asyncio.create_task(batcher.submit(tagged(list(range(10))), deadline()))
     await asyncio.sleep(0)
-    with pytest.raises(Overloaded, match="queue full"):
+    with pytest.raises(Overloaded, match="queue is full"):
         await batcher.submit(tagged([1]), deadline())
     assert (await large)["tag"].tolist() == list(range(10))
     assert (await batcher.submit(tagged([7]), deadline()))["tag"].tolist() == [7]

@@ -47,9 +47,14 @@ from dipr.service.http.errors import (
     ],
 )
 def test_each_error_has_its_status_and_code(error, status, code):
-    mapped = http_error(error("something went wrong"))
+    raised = (
+        Overloaded("something went wrong", cause="pose_queue")
+        if error is Overloaded
+        else error("something went wrong")
+    )
+    mapped = http_error(raised)
     assert (mapped.status, mapped.code) == (status, code)
-    response = error_response(error("something went wrong"), retry_after_s=7)
+    response = error_response(raised, retry_after_s=7)
     assert response.status_code == status
     assert json.loads(response.body) == {"error": {"code": code, "message": "something went wrong"}}
     assert response.headers.get("retry-after") == ("7" if status == 503 else None)

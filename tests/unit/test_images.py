@@ -52,7 +52,6 @@ from tests.helpers.image_files import (
 MAX_PIXELS = 50_000_000
 
 
-
 def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
     """Check, then decode at full size: the service's path for one image (the Content-Type
     value normalised as the HTTP layer does)."""
@@ -60,10 +59,8 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
     return decode(data, read_header(data, declared, max_pixels)).pixels
 
 
-
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-
 
 
 @pytest.mark.parametrize("kind", list(ENCODINGS))
@@ -77,7 +74,6 @@ def test_round_trip(kind):
     assert mean_abs_diff(rgb, to_rgb(bgr)) < (3 if kind in LOSSY else 1e-9)
 
 
-
 @pytest.mark.parametrize("kind", list(ENCODINGS))
 def test_pure_red_comes_out_red(kind):
     bgr = np.zeros((16, 24, 3), np.uint8)
@@ -85,7 +81,6 @@ def test_pure_red_comes_out_red(kind):
     rgb = decode_image(encoded(kind, bgr), "application/octet-stream", MAX_PIXELS)
     assert (rgb[..., 0] >= 240).all()
     assert (rgb[..., 1:] <= 15).all()
-
 
 
 @pytest.mark.parametrize("kind", list(ENCODINGS))
@@ -96,13 +91,11 @@ def test_one_by_one(kind):
     assert np.abs(rgb.astype(int) - [230, 120, 10]).max() <= (8 if kind in LOSSY else 0)
 
 
-
 def test_webp_vp8x_container():
     bgr = smooth_bgr(21, 34)
     rgb = decode_image(vp8x_webp(bgr), "image/webp", MAX_PIXELS)
     assert rgb.shape == (21, 34, 3)
     assert mean_abs_diff(rgb, to_rgb(bgr)) < 3
-
 
 
 def test_webp_with_alpha_is_vp8x_and_drops_alpha():
@@ -115,14 +108,12 @@ def test_webp_with_alpha_is_vp8x_and_drops_alpha():
     assert mean_abs_diff(rgb, to_rgb(bgra[..., :3])) < 3  # colours kept, not composited
 
 
-
 def test_grayscale_png():
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     rgb = decode_image(encode(".png", gray), "image/png", MAX_PIXELS)
     assert rgb.shape == (3, 4, 3)
     for channel in range(3):
         np.testing.assert_array_equal(rgb[..., channel], gray)
-
 
 
 def test_rgba_png_drops_alpha():
@@ -132,7 +123,6 @@ def test_rgba_png_drops_alpha():
     rgb = decode_image(encode(".png", bgra), None, MAX_PIXELS)
     assert rgb.shape == (5, 6, 3)
     assert (rgb == [255, 0, 0]).all()
-
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -150,13 +140,10 @@ def test_16_bit_png_is_scaled_to_8_bits(channels):
     np.testing.assert_array_equal(rgb, expected)
 
 
-
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
 
 
-
 INDICES = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [1, 1, 3, 3]], np.uint8)
-
 
 
 @pytest.mark.parametrize("bit_depth", [8, 4])
@@ -175,7 +162,6 @@ def test_palette_png(bit_depth, transparency):
     np.testing.assert_array_equal(rgb, np.array(PALETTE, np.uint8)[INDICES])
 
 
-
 def test_cmyk_jpeg_is_converted_to_rgb():
     # Samples are stored the Adobe (Photoshop) way, inverted: 255 = no ink, 0 = full ink.
     # OpenCV reads them so: (C, M, Y, K) = (255, 0, 0, 255) is full magenta + yellow = red.
@@ -190,7 +176,6 @@ def test_cmyk_jpeg_is_converted_to_rgb():
         assert np.abs(block - color).max() <= 2, (i, block[0, 0])
 
 
-
 def test_exif_orientation_6_rotates_clockwise():
     data, _ = exif_jpeg(6)
     assert declared_size(data, "jpeg") == (64, 40)  # the header's (stored) size
@@ -203,7 +188,6 @@ def test_exif_orientation_6_rotates_clockwise():
     assert abs(xs.mean() - 35.5) < 1
 
 
-
 @pytest.mark.parametrize("big_endian", [True, False])
 @pytest.mark.parametrize("orientation", list(ORIENTATIONS))
 def test_exif_orientations(orientation, big_endian):
@@ -213,7 +197,6 @@ def test_exif_orientations(orientation, big_endian):
     assert rgb.shape == expected.shape
     assert rgb.flags.c_contiguous
     assert mean_abs_diff(rgb, expected) < 3
-
 
 
 @pytest.mark.parametrize(
@@ -237,7 +220,6 @@ def test_content_type_accepted(content_type):
     assert rgb.shape == (4, 5, 3)
 
 
-
 @pytest.mark.parametrize(
     "content_type",
     [
@@ -256,7 +238,6 @@ def test_content_type_rejected(content_type):
     with pytest.raises(UnsupportedImage) as caught:
         decode_image(encoded("png", smooth_bgr(4, 5)), content_type, MAX_PIXELS)
     assert all(media_type in str(caught.value) for media_type in SUPPORTED_MEDIA_TYPES)
-
 
 
 @pytest.mark.parametrize(
@@ -291,11 +272,9 @@ def test_other_image_formats_are_unsupported(data, name, content_type):
         decode_image(data, content_type, MAX_PIXELS)
 
 
-
 def test_empty_body():
     with pytest.raises(UndecodableImage):
         decode_image(b"", "image/jpeg", MAX_PIXELS)
-
 
 
 def test_random_bytes():
@@ -305,12 +284,10 @@ def test_random_bytes():
         decode_image(data, None, MAX_PIXELS)
 
 
-
 @pytest.mark.parametrize("content_type", ["image/png", "image/jpeg"])
 def test_text_with_an_image_content_type(content_type):
     with pytest.raises(UndecodableImage):
         decode_image(b"hello, this is not an image\n", content_type, MAX_PIXELS)
-
 
 
 # Observed with OpenCV 5.0: a file cut off mid-file decodes to None (for a JPEG, even with only the
@@ -331,13 +308,11 @@ def test_truncated(kind, cut):
         decode_image(data[:keep], None, MAX_PIXELS)
 
 
-
 @pytest.mark.parametrize("kind", ["webp-lossy", "webp-lossless", "bmp"])
 def test_truncated_other_formats(kind):
     data = encoded(kind, random_bgr(64, 48))
     with pytest.raises(UndecodableImage):
         decode_image(data[: len(data) // 2], None, MAX_PIXELS)
-
 
 
 def test_jpeg_ending_early_is_accepted():
@@ -353,7 +328,6 @@ def test_jpeg_ending_early_is_accepted():
     assert (rgb[-8:] == 128).all()
     # Likewise a header declaring more pixels than the scan holds (within the pixel limit).
     assert decode_image(bomb("jpeg", 640, 640), None, MAX_PIXELS).shape == (640, 640, 3)
-
 
 
 # JPEG sizes are 16-bit: 65535 × 65535 is the largest a JPEG can declare.
@@ -377,7 +351,6 @@ def test_decompression_bomb_is_refused_before_decoding(kind, side, monkeypatch):
     assert peak < 1_000_000  # bytes: nothing image-sized was allocated
 
 
-
 def test_webp_and_bmp_bombs():
     bmp = bytearray(encoded("bmp", smooth_bgr(8, 8)))
     struct.pack_into("<ii", bmp, 18, 60_000, -60_000)
@@ -388,13 +361,11 @@ def test_webp_and_bmp_bombs():
             decode_image(data, None, MAX_PIXELS)
 
 
-
 def test_pixel_limit_boundary():
     data = encoded("png", smooth_bgr(40, 50))
     assert decode_image(data, None, 2000).shape == (40, 50, 3)
     with pytest.raises(LimitExceeded):
         decode_image(data, None, 1999)
-
 
 
 @pytest.mark.parametrize(
@@ -411,7 +382,6 @@ def test_zero_size_header(kind, width, height):
         decode_image(bomb(kind, width, height), None, MAX_PIXELS)
 
 
-
 def test_decoded_size_must_match_header(monkeypatch):
     data = encoded("png", smooth_bgr(10, 20))
     monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: np.zeros((10, 19, 3), np.uint8))
@@ -419,11 +389,9 @@ def test_decoded_size_must_match_header(monkeypatch):
         decode_image(data, None, MAX_PIXELS)
 
 
-
 def test_png_header_larger_than_the_data():
     with pytest.raises(UndecodableImage):  # libpng: IHDR CRC error
         decode_image(bomb("png", 64, 64), None, MAX_PIXELS)
-
 
 
 def test_opencv_exception_becomes_undecodable(monkeypatch):
@@ -433,7 +401,6 @@ def test_opencv_exception_becomes_undecodable(monkeypatch):
     monkeypatch.setattr(cv2, "imdecode", failing)
     with pytest.raises(UndecodableImage):
         decode_image(encoded("png", smooth_bgr(4, 4)), None, MAX_PIXELS)
-
 
 
 @pytest.mark.parametrize(
@@ -447,7 +414,6 @@ def test_declared_size(data, fmt, size):
         assert rgb.shape[:2] in (size[::-1], size)
 
 
-
 def test_bmp_variants_decode():
     bgr = smooth_bgr(5, 7)
     bgr[0, 0] = (0, 0, 255)
@@ -459,7 +425,6 @@ def test_bmp_variants_decode():
     )
 
 
-
 def header_end(fmt: str, data: bytes) -> int:
     """How many leading bytes declared_size needs."""
     if fmt == "png":
@@ -469,7 +434,6 @@ def header_end(fmt: str, data: bytes) -> int:
     if fmt == "bmp":
         return 22 if data[14] == 12 else 26
     return sof_offset(data) + 9  # marker, length, precision, height, width
-
 
 
 TRUNCATABLE = [
@@ -485,7 +449,6 @@ TRUNCATABLE = [
 ]
 
 
-
 @pytest.mark.parametrize(
     ("data", "fmt"), [DECLARED_BY_NAME[name][:2] for name in TRUNCATABLE], ids=TRUNCATABLE
 )
@@ -495,7 +458,6 @@ def test_truncated_headers(data, fmt):
     for keep in range(end):
         with pytest.raises(UndecodableImage):
             declared_size(data[:keep], fmt)
-
 
 
 @pytest.mark.parametrize(
@@ -509,11 +471,9 @@ def test_garbled_headers(data, fmt):
             decode_image(data, None, MAX_PIXELS)
 
 
-
 def test_declared_size_unknown_format():
     with pytest.raises(ValueError, match="gif"):
         declared_size(GIF89A, "gif")
-
 
 
 @pytest.mark.parametrize(
@@ -534,13 +494,10 @@ def test_sniff_format(data, fmt):
     assert sniff_format(data) == fmt
 
 
-
 def test_images_module_does_not_import_torch():
     code = "import sys, dipr.core.images; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-
 def test_module_exports():
     assert images.SUPPORTED_MEDIA_TYPES == ("image/jpeg", "image/png", "image/webp", "image/bmp")
-

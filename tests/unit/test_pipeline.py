@@ -3,11 +3,15 @@ choice of scale (no model: stand-in stages where inference would be)."""
 
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from dipr.core.errors import InvalidInput, Overloaded
 from dipr.core.images import DecodedImage
+from dipr.service.admission import DecodeBudget
+from dipr.service.fair_pool import FairPool
 from dipr.service.pipeline import (
     ImageInput,
     ImageStage,
@@ -17,6 +21,7 @@ from dipr.service.pipeline import (
     RequestStage,
     required,
 )
+from dipr.service.stages.admit import AdmitStage
 from dipr.service.stages.crop import CropStage
 from dipr.service.stages.decode import DecodeStage
 from dipr.service.stages.to_image import ToImageStage
@@ -31,6 +36,7 @@ class Recording(ImageStage):
         on_loop = threading.current_thread() is threading.main_thread()
         self.log.append((self.name, threading.current_thread().name, on_loop))
         work.decoded = work.decoded or DecodedImage(np.zeros((4, 4, 3), np.uint8), 1)
+        work.size = (4, 4)
 
 
 class Gathering(RequestStage):
@@ -56,11 +62,19 @@ class FakePose(RequestStage):
             }
 
 
+@pytest.fixture(scope="module")
+def pool() -> Iterator[FairPool]:
+    pool = FairPool(2)
+    pool.start()
+    yield pool
+    pool.stop()
+
+
 def image(width: int = 512, height: int = 512, boxes=None) -> ImageInput:
     return ImageInput(blobs_jpeg(width, height, [(width / 2, height / 2)], 20), None, boxes)
 
 
-async def test_consecutive_offloaded_stages_share_one_thread_hop_per_image():
+async def test_consecutive_offloaded_stages_share_one_thread_hop_per_image(pool):
     log: list[tuple[str, str, bool]] = []
     gathering = Gathering(log)
     stages = [
@@ -69,7 +83,7 @@ async def test_consecutive_offloaded_stages_share_one_thread_hop_per_image():
         gathering,
         Recording("c", log, offload=False),
     ]
-    results = await Pipeline(stages).run([image()] * 3, PoseOptions(), time.monotonic() + 5)
+    results = await Pipeline(stages, pool).run([image()] * 3, PoseOptions(), time.monotonic() + 5)
     assert [(r.width, r.height) for r in results] == [(4, 4)] * 3
     names = [entry[0] for entry in log]
     assert names.count("a") == names.count("b") == names.count("c") == 3
@@ -86,26 +100,33 @@ async def test_consecutive_offloaded_stages_share_one_thread_hop_per_image():
 
 
 def test_a_stage_that_needs_an_earlier_one_says_so():
-    work = ImageWork(image(), PoseOptions())
+    work = ImageWork(image(), PoseOptions(), 0)
     with pytest.raises(RuntimeError, match="no stage before this one set `decoded`"):
         CropStage((256, 256), 1.25).run_image(work)
 
 
-def pose_pipeline() -> Pipeline:
+def admit(budget: DecodeBudget | None = None) -> AdmitStage:
+    budget = budget or DecodeBudget(1000)
+    return AdmitStage(budget, (256, 256), 1.25, max_pixels=10**8, reduced=True, detecting=False)
+
+
+def pose_pipeline(pool: FairPool, budget: DecodeBudget | None = None) -> Pipeline:
     return Pipeline(
         [
-            DecodeStage((256, 256), 1.25, max_pixels=10**8, reduced=True),
+            admit(budget),
+            DecodeStage((256, 256), 1.25, reduced=True),
             CropStage((256, 256), 1.25),
             FakePose(),
             ToImageStage(),
-        ]
+        ],
+        pool,
     )
 
 
-async def test_images_come_out_in_order_with_one_person_per_box_mapped_back():
+async def test_images_come_out_in_order_with_one_person_per_box_mapped_back(pool):
     boxes = [(100.0, 100.0, 300.0, 400.0), (0.0, 0.0, 64.0, 64.0)]
     images = [image(512, 512), image(640, 480, boxes)]
-    first, second = await pose_pipeline().run(images, PoseOptions(), time.monotonic() + 5)
+    first, second = await pose_pipeline(pool).run(images, PoseOptions(), time.monotonic() + 5)
     assert (first.width, first.height, len(first.persons)) == (512, 512, 1)
     assert first.persons[0].box == (0.0, 0.0, 512.0, 512.0)  # no boxes: the whole image
     assert [p.box for p in second.persons] == images[1].boxes
@@ -116,10 +137,68 @@ async def test_images_come_out_in_order_with_one_person_per_box_mapped_back():
     assert first.pixels is None and second.pixels is None
 
 
-async def test_kept_pixels_are_decoded_at_full_size():
+async def test_kept_pixels_are_decoded_at_full_size(pool):
     deadline = time.monotonic() + 5
-    (drawn,) = await pose_pipeline().run([image()], PoseOptions(keep_pixels=True), deadline)
+    (drawn,) = await pose_pipeline(pool).run([image()], PoseOptions(keep_pixels=True), deadline)
     assert drawn.pixels is not None and drawn.pixels.shape == (512, 512, 3)
-    work = ImageWork(image(), PoseOptions())
-    DecodeStage((256, 256), 1.25, max_pixels=10**8, reduced=True).run_image(work)
+    work = ImageWork(image(), PoseOptions(), 0)
+    await admit().run_request([work], deadline)
+    DecodeStage((256, 256), 1.25, reduced=True).run_image(work)
     assert required(work.decoded, "decoded").reduction == 2  # without: 512 → 256 at 1/2
+
+
+async def test_a_request_over_the_budget_is_refused_before_anything_is_decoded(pool):
+    budget = DecodeBudget(4)
+    budget.admit([3.5])  # someone else's heavy request holds most of it
+    decoded: list[ImageWork] = []
+
+    class Watching(DecodeStage):
+        def run_image(self, work: ImageWork) -> None:
+            decoded.append(work)
+            super().run_image(work)
+
+    small_box = [(10.0, 10.0, 40.0, 40.0)]  # decoded in full: 0.59 MP of 2048×256
+    pipeline = Pipeline(
+        [admit(budget), Watching((256, 256), 1.25, reduced=True), CropStage((256, 256), 1.25)],
+        pool,
+    )
+    with pytest.raises(Overloaded, match="budget") as refusal:
+        await pipeline.run([image(2048, 256, small_box)], PoseOptions(), time.monotonic() + 5)
+    assert refusal.value.cause == "decode_budget" and decoded == []
+    assert budget.in_flight() == pytest.approx(3.5)
+
+
+async def test_pixels_are_dropped_once_cropped_and_the_budget_given_back(pool):
+    budget = DecodeBudget(1000)
+    seen: list[tuple[bool, float]] = []
+
+    class Inspecting(RequestStage):
+        async def run_request(self, works: list[ImageWork], deadline: float) -> None:
+            seen.extend((work.decoded is None, budget.in_flight()) for work in works)
+
+    boxes = [(100.0, 100.0, 300.0, 400.0)]
+    pipeline = Pipeline(
+        [
+            admit(budget),
+            DecodeStage((256, 256), 1.25, reduced=True),
+            CropStage((256, 256), 1.25),
+            Inspecting(),
+            FakePose(),
+            ToImageStage(),
+        ],
+        pool,
+    )
+    (result,) = await pipeline.run([image(640, 480, boxes)], PoseOptions(), time.monotonic() + 5)
+    assert seen == [(True, 0.0)]  # after cropping, before inference: nothing held
+    assert (result.width, result.height, len(result.persons)) == (640, 480, 1)
+    assert budget.in_flight() == 0
+
+
+async def test_a_failed_request_gives_its_budget_back(pool):
+    budget = DecodeBudget(1000)
+    outside = [(600.0, 600.0, 900.0, 900.0)]  # its placement is refused when cropping
+    with pytest.raises(InvalidInput):
+        await pose_pipeline(pool, budget).run(
+            [image(), image(512, 512, outside)], PoseOptions(), time.monotonic() + 5
+        )
+    assert budget.in_flight() == 0

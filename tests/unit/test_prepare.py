@@ -1,7 +1,6 @@
 """dipr.core.prepare: one image's bytes and boxes → network inputs and crops, with JPEGs decoded
 at 1/2, 1/4 or 1/8 of their size when every crop samples them that coarsely."""
 
-
 import cv2
 import numpy as np
 import onnxruntime as ort

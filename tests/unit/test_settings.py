@@ -101,3 +101,9 @@ def test_settings_are_read_once_and_frozen():
     s = Settings()
     with pytest.raises(ValidationError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_the_default_decode_budget_is_a_third_of_the_deadline_of_decoding():
+    assert Settings(request_timeout_s=30).decode_budget(2) == pytest.approx(2000)
+    assert Settings(request_timeout_s=10).decode_budget(4) == pytest.approx(4000 / 3)
+    assert Settings(request_timeout_s=10, decode_budget_mp=500).decode_budget(4) == 500
