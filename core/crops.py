@@ -40,12 +40,34 @@ class Crop:
 
 
 def check_box_shape(box: Box) -> None:
-    """What a box must be whatever the image: finite, with x2 > x1 and y2 > y1."""
+    """What a box must be whatever the image: finite, with x2 > x1 and y2 > y1.
+
+    A COCO-style [x, y, width, height] box is the commonest mix-up. When it fails here and would
+    be a box as [x, y, width, height], the message says so; one whose width and height happen to
+    exceed x and y is a valid [x1, y1, x2, y2] box (a different one), and nothing can tell.
+    """
     x1, y1, x2, y2 = box
     if not all(math.isfinite(v) for v in box):
-        raise InvalidInput(f"box {list(box)} has a non-finite coordinate")
+        raise InvalidInput(f"box {_listed(box)} has a non-finite coordinate")
     if x2 <= x1 or y2 <= y1:
-        raise InvalidInput(f"box {list(box)} has no area: need x2 > x1 and y2 > y1")
+        message = f"box {_listed(box)} has no area: need x2 > x1 and y2 > y1"
+        if x2 > 0 and y2 > 0:  # a width and a height
+            corners = _listed((x1, y1, x1 + x2, y1 + y2))
+            message += (
+                "; boxes are [x1, y1, x2, y2] corners, not COCO [x, y, width, height]: if this "
+                f"one is [x, y, width, height], send {corners}"
+            )
+        raise InvalidInput(message)
+
+
+def _listed(box: Box) -> str:
+    """A box as the client would write it: 10, not 10.0 (the JSON's integers arrive as floats)."""
+    values = [float(v) for v in box]  # callers inside Python may pass ints
+    return "[" + ", ".join(str(int(v)) if _whole(v) else repr(v) for v in values) + "]"
+
+
+def _whole(value: float) -> bool:
+    return math.isfinite(value) and value.is_integer() and abs(value) < 1e15
 
 
 def check_box_placement(box: Box, width: int, height: int) -> None:
@@ -53,11 +75,11 @@ def check_box_placement(box: Box, width: int, height: int) -> None:
     a size a person could have (beyond that the crop's arithmetic overflows to inf or NaN)."""
     x1, y1, x2, y2 = box
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-        raise InvalidInput(f"box {list(box)} lies outside the {width}×{height} image")
+        raise InvalidInput(f"box {_listed(box)} lies outside the {width}×{height} image")
     reach = 16 * max(width, height)
     if min(x1, y1) < -reach or max(x2, y2) > reach or min(x2 - x1, y2 - y1) < 1e-3:
         raise InvalidInput(
-            f"box {list(box)} is too large or too small for the {width}×{height} image"
+            f"box {_listed(box)} is too large or too small for the {width}×{height} image"
         )
 
 

@@ -4,6 +4,9 @@ str(error) is the human message. The HTTP layer maps each class to a status and 
 one table (`dipr.service.http.errors`); evaluation and training report the message.
 """
 
+import unicodedata
+from typing import Self
+
 
 class DiprError(Exception):
     """Base class of the errors below."""
@@ -11,6 +14,33 @@ class DiprError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.where: str | None = None  # set by `at`
+
+    def at(self, where: str) -> Self:
+        """The same error (class, attributes) with its message prefixed by where it happened,
+        e.g. "image 2 (b.jpg): …"; the first call counts, as the innermost place is the most
+        precise one. The code that raised it often cannot know which of a request's images it
+        was looking at: the code that called it can, and names it on the way out."""
+        if self.where is None:
+            self.where = where
+            self.message = f"{where}: {self.message}"
+            self.args = (self.message,)
+        return self
+
+
+def image_place(index: int, name: str | None) -> str:
+    """How a message names one image of a request: its position counted from 1 and, when the
+    client gave one, its file name ("image 2 (b.jpg)"). The name is the client's text: control
+    characters are dropped and it is cut short, so that it cannot forge lines in a log or swell
+    the message."""
+    place = f"image {index + 1}"
+    if name:
+        printable = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+        if len(printable) > 80:
+            printable = printable[:79] + "…"
+        if printable:
+            place += f" ({printable})"
+    return place
 
 
 # --- the input ------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ from dipr.core.errors import LimitExceeded, UndecodableImage, UnsupportedImage
 SUPPORTED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 # Not registered, but common: accepted as JPEG (the bytes decide the format anyway).
 JPEG_ALIASES = ("image/jpg", "image/pjpeg")
+# What to send instead: for a wrong declared type, the types to declare; for a wrong format, the
+# formats (the client may well have declared application/octet-stream already).
 _SUPPORTED = f"send one of {', '.join(SUPPORTED_MEDIA_TYPES)} (or application/octet-stream)"
+_FORMATS = "send a JPEG, PNG, WebP or BMP image"
 
 # SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG, reserved) and CC (DAC) share the range.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -107,7 +110,7 @@ def read_header(data: bytes, declared: str | None, max_pixels: int) -> ImageHead
     if fmt is None:
         other = _other_format(data)
         if other is not None:
-            raise UnsupportedImage(f"{other} images are not supported; {_SUPPORTED}")
+            raise UnsupportedImage(f"{other} images are not supported; {_FORMATS}")
         raise UndecodableImage("the data is not a JPEG, PNG, WebP or BMP image")
     width, height = declared_size(data, fmt)
     if width == 0 or height == 0:

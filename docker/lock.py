@@ -27,15 +27,11 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 LOCKS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
 
 
-def requirements(runtime: str) -> list[str]:
-    """pyproject's serving dependencies, with the ONNX Runtime wheel this image wants."""
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    swapped = []
-    for dependency in dependencies:
-        if dependency.startswith("onnxruntime"):
-            dependency = runtime + dependency.removeprefix("onnxruntime")
-        swapped.append(dependency)
-    return swapped
+def requirements(extra: str) -> list[str]:
+    """pyproject's serving dependencies and this image's ONNX Runtime: the extra `cpu`
+    (onnxruntime) or `gpu` (onnxruntime-gpu), never both (see pyproject's comment)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"][extra]]
 
 
 def resolve(specifiers: list[str]) -> dict[str, str]:
@@ -78,8 +74,8 @@ def resolve(specifiers: list[str]) -> dict[str, str]:
 
 
 def main() -> int:
-    for variant, runtime in LOCKS.items():
-        pins = resolve(requirements(runtime))
+    for variant in LOCKS:
+        pins = resolve(requirements(variant))
         if "torch" in pins or set(LOCKS.values()) <= pins.keys():
             raise SystemExit(f"{variant}: the serving closure must hold no torch and one ORT")
         lines = [

@@ -1,6 +1,8 @@
 """`dipr eval`: COCO keypoint accuracy of exported ONNX models, run with onnxruntime (CPU)."""
 
 import argparse
+import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -75,9 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return _fail(
+            "ONNX Runtime is not installed: pip install 'dipr[cpu,eval]' ('gpu' instead of 'cpu' "
+            "with an NVIDIA GPU)"
+        )
     data: Path = args.data or dev_data()
     annotations: Path = args.annotations or data / "test_coco.json"
     images: Path = args.images or data
+    if args.data is None and args.annotations is None and not annotations.is_file():
+        return _fail(no_data(annotations))
     if args.detector is not None:
         if args.sweep or (args.models and len(args.models) > 1):
             return _fail("--detector takes one pose --model, not --sweep")
@@ -135,6 +144,23 @@ def _detection(args: argparse.Namespace, annotations: Path, images: Path) -> int
     if args.json:
         detection_eval.write_json(rows, args.json)
     return 0
+
+
+def no_data(annotations: Path) -> str:
+    """The default data set is missing: what it is, and how to evaluate on other data. The user
+    never chose that path, so an error naming only the path would not say what to do."""
+    if os.environ.get(DEV_DATA_VARIABLE):
+        where = f"${DEV_DATA_VARIABLE} is {annotations.parent}, which has no {annotations.name}"
+    else:
+        where = (
+            f"no {annotations.name} in {annotations.parent} (the default: the dev set in "
+            f"shared/data/coco_dev beside the checkout)"
+        )
+    return (
+        f"no evaluation data: {where}; give a COCO-format person keypoint set: --data DIR "
+        f"(DIR/{annotations.name}, images in DIR), --annotations FILE --images DIR, "
+        f"or {DEV_DATA_VARIABLE}=DIR"
+    )
 
 
 def _progress() -> Callable[[str], None]:

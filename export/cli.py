@@ -4,6 +4,7 @@ check it against PyTorch."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
     from dipr.export.onnx_export import ExportOptions
 
 DEFAULT_PARITY_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
+# What an export imports beyond the serving install, and the extra that installs it: the PyTorch
+# port and the exporter, and an ONNX Runtime (`cpu`, or `gpu`) for the parity check.
+EXPORT_MODULES = {
+    "torch": "export",
+    "safetensors": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "cpu",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -164,8 +174,41 @@ def _write(
     return network, output
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
+
+
+def missing_extras() -> str | None:
+    """What to install when a module of the export is missing (the serving install has none of
+    them), or None; checked before the export starts rather than met as a traceback in it."""
+    missing = [name for name in EXPORT_MODULES if not _importable(name)]
+    if not missing:
+        return None
+    extras = ",".join(dict.fromkeys(EXPORT_MODULES[name] for name in missing))
+    what = " and ".join(
+        part
+        for part, wanted in (
+            ("the export extra", any(EXPORT_MODULES[name] == "export" for name in missing)),
+            ("an ONNX Runtime", "onnxruntime" in missing),
+        )
+        if wanted
+    )
+    runtime = " ('gpu' instead of 'cpu' with an NVIDIA GPU)" if "cpu" in extras else ""
+    return (
+        f"{what} {'are' if ' and ' in what else 'is'} not installed (no module "
+        f"{', '.join(missing)}): pip install 'dipr[{extras}]'"
+        f"{runtime}; in a checkout: .venv/bin/pip install -e '.[{extras}]'"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """One dispatch on the registry record: a pose model, or a person detector."""
+    problem = missing_extras()
+    if problem is not None:
+        return _fail(problem)
     try:
         record = _architecture(args)
     except ValueError as error:

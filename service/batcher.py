@@ -11,9 +11,17 @@ order. The queue is bounded in crops (full → `Overloaded`; an empty queue take
 so it holds at most max(max_queue, one request's crops)), each request has a deadline (passed →
 `DeadlineExceeded`; crops not yet run are dropped), and a failing batch fails only the requests
 that had crops in it.
+
+Under overload nothing is computed for a request that would be answered too late. From its last
+batches the batcher knows how long a crop takes (`CropTime`, apart for batches alone on the
+machine and alongside others): a crop with less time left before its request's deadline than 9
+in 10 of those took is not run (its request gets `DeadlineExceeded` at once, and the machine goes
+to requests that can still make it), and a batch is not filled past what its tightest deadline
+allows (the rest waits for the next one). Until a batch was measured, nothing is refused so.
 """
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -78,6 +86,56 @@ class _Job:
         self.loop.call_soon_threadsafe(apply)
 
 
+class CropTime:
+    """How long one crop takes to infer, learnt from a batcher's last batches: per crop, for
+    batches alone on the machine and for batches alongside others (until one of them is known,
+    the other's stands in). `likely_max` is a high quantile of the last `window` timings: a crop
+    with less time left than that would likely be answered too late.
+
+    Crops refused on the estimate are never measured: once no batch has run for `grace_s`, the
+    bound fades (halves every `half_life_s`), so that a few slow batches cannot make every later
+    crop look hopeless for long."""
+
+    def __init__(
+        self,
+        window: int = 16,
+        quantile: float = 0.9,
+        grace_s: float = 1.0,
+        half_life_s: float = 1.0,
+    ) -> None:
+        self.quantile = quantile
+        self.grace_s = grace_s
+        self.half_life_s = half_life_s
+        self._recent: dict[bool, deque[float]] = {
+            True: deque(maxlen=window),
+            False: deque(maxlen=window),
+        }
+        self._running = 0
+        self._last_end = 0.0
+
+    def started(self) -> None:
+        self._running += 1
+
+    def ended(self, now: float, alone: bool, per_crop: float | None) -> None:
+        """A batch ended; `per_crop` its seconds per crop, None if it failed (not a timing)."""
+        self._running -= 1
+        self._last_end = now
+        if per_crop is not None:
+            self._recent[alone].append(per_crop)
+
+    def likely_max(self, alone: bool, now: float) -> float | None:
+        """Seconds one crop will likely take at most; None before any batch was measured."""
+        recent = self._recent[alone] or self._recent[not alone]
+        if not recent:
+            return None
+        ordered = sorted(recent)
+        bound = ordered[max(0, math.ceil(self.quantile * len(ordered)) - 1)]
+        if self._running:
+            return bound
+        idle = now - self._last_end - self.grace_s
+        return bound * 0.5 ** (max(0.0, idle) / self.half_life_s)
+
+
 class Occupancy:
     """How many batches run right now, across every batcher that shares it (the pose model's
     and the detector's share the machine's cores): "alone" means alone on the machine."""
@@ -111,6 +169,7 @@ class Batcher:
         infer_alongside: InferFn | None = None,
         occupancy: Occupancy | None = None,
         name: str = "batch",
+        crop_time: CropTime | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("max_batch_size, max_queue, workers must be ≥ 1, max_delay_s ≥ 0")
@@ -139,6 +198,7 @@ class Batcher:
         ]
         self._scatter = threading.Lock()
         self.consecutive_failures = 0
+        self._crop_time = crop_time or CropTime()  # guarded by _cond
 
     @property
     def depth(self) -> int:
@@ -212,19 +272,43 @@ class Batcher:
                 if alone or self._infer_alongside is None
                 else self.alongside_batch_size
             )
-            batch: list[tuple[_Job, int]] = []
-            while self._queue and len(batch) < size:
-                job, index = self._queue.popleft()
-                if job.abandoned():
-                    if not job.closed:
-                        job.settle(error=DeadlineExceeded("deadline passed while queued"))
-                    continue
-                batch.append((job, index))
+            batch = self._fill(size, alone)
+            if batch:
+                self._crop_time.started()
             self._observer.queue_depth(len(self._queue))
             self._occupancy.enter()
             if self._queue:
                 self._cond.notify()  # an idle worker can take the rest
             return batch, alone
+
+    def _fill(self, size: int, alone: bool) -> list[tuple[_Job, int]]:
+        """Up to `size` crops from the head of the queue (the lock held): those abandoned, or that
+        could not be done before their deadline, are dropped (their requests answered at once);
+        the batch stops growing where one more crop would make its tightest deadline late."""
+        now = time.monotonic()
+        per_crop = self._crop_time.likely_max(alone, now)
+        tightest = float("inf")  # the least time left to a request in the batch
+        batch: list[tuple[_Job, int]] = []
+        while self._queue and len(batch) < size:
+            job, _ = self._queue[0]
+            if job.abandoned():
+                self._queue.popleft()
+                if not job.closed:
+                    job.settle(error=DeadlineExceeded("deadline passed while queued"))
+                continue
+            if per_crop is not None:
+                left = job.deadline - now
+                if left < per_crop:
+                    self._queue.popleft()
+                    job.settle(
+                        error=DeadlineExceeded("the deadline would pass before inference finished")
+                    )
+                    continue
+                if batch and min(tightest, left) < per_crop * (len(batch) + 1):
+                    break  # it goes in the next batch
+                tightest = min(tightest, left)
+            batch.append(self._queue.popleft())
+        return batch
 
     def _run(self) -> None:
         while (taken := self._take_batch()) is not None:
@@ -232,11 +316,18 @@ class Batcher:
             try:
                 if batch:
                     infer = self._infer if alone else self._infer_alongside or self._infer
-                    self._run_batch(batch, infer)
+                    seconds: float | None = None
+                    try:
+                        seconds = self._run_batch(batch, infer)
+                    finally:
+                        with self._cond:
+                            per_crop = None if seconds is None else seconds / len(batch)
+                            self._crop_time.ended(time.monotonic(), alone, per_crop)
             finally:
                 self._occupancy.leave()
 
-    def _run_batch(self, batch: list[tuple[_Job, int]], infer: InferFn) -> None:
+    def _run_batch(self, batch: list[tuple[_Job, int]], infer: InferFn) -> float | None:
+        """Runs the batch and answers its requests; its seconds of inference, None if failed."""
         started = time.monotonic()
         waits = [started - job.enqueued for job, _ in batch]
         try:
@@ -246,9 +337,10 @@ class Batcher:
             failure = InferenceFailed(f"inference failed: {type(error).__name__}: {error}")
             for job in {job for job, _ in batch}:
                 job.settle(error=failure)
-            return
+            return None
         self.consecutive_failures = 0
-        self._observer.batch_done(len(batch), waits, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._observer.batch_done(len(batch), waits, seconds)
         with self._scatter:
             for row, (job, index) in enumerate(batch):
                 for name, values in outputs.items():
@@ -259,3 +351,4 @@ class Batcher:
                 job.remaining -= 1
                 if job.remaining == 0:
                     job.settle(result=job.outputs)
+        return seconds

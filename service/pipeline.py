@@ -24,6 +24,7 @@ import numpy as np
 
 from dipr.core.crops import Box
 from dipr.core.detection import DetectedPerson
+from dipr.core.errors import DiprError, image_place
 from dipr.core.images import DecodedImage, ImageHeader
 from dipr.core.prepare import CroppedImage
 from dipr.service.admission import Admission
@@ -37,6 +38,7 @@ class ImageInput:
     data: bytes
     media_type: str | None  # as declared by the client, normalised (`core.images.media_type`)
     boxes: Sequence[Box] | None  # None: the persons are to be found (or the whole image is one)
+    name: str | None = None  # the client's file name for it, if any: errors name the image by it
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,12 @@ class Pipeline:
             if not stage.applies(work):
                 continue
             started = time.perf_counter()
-            stage.run_image(work)
+            try:
+                stage.run_image(work)
+            except DiprError as error:
+                # The images of a request run side by side: the client must learn which failed.
+                error.at(image_place(work.index, work.source.name))
+                raise
             self._observer.stage_done(stage.name, time.perf_counter() - started)
 
 

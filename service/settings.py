@@ -177,5 +177,8 @@ class Settings(BaseSettings):
         # A request with more crops than the queue holds would only ever be admitted into an
         # empty queue (the batcher's rule, which also covers the persons a detector finds).
         if max(self.max_boxes, self.max_images) > self.max_queue:
-            raise ValueError("max_boxes and max_images must not exceed max_queue")
+            raise ValueError(
+                f"max_boxes ({self.max_boxes}) and max_images ({self.max_images}) must not "
+                f"exceed max_queue ({self.max_queue})"
+            )
         return self

@@ -336,11 +336,11 @@ def canonical(name: str) -> str:
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_requirement_lists_pin_pyprojects_serving_dependencies(variant: str) -> None:
     locked = pins(variant)
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    runtime = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}[variant]
-    for dependency in dependencies:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The serving dependencies and the variant's ONNX Runtime: the extra of the same name.
+    for dependency in [*project["dependencies"], *project["optional-dependencies"][variant]]:
         requirement = Requirement(dependency)
-        name = runtime if requirement.name == "onnxruntime" else canonical(requirement.name)
+        name = canonical(requirement.name)
         assert name in locked, name
         assert requirement.specifier.contains(locked[name]), (name, locked[name])
     assert "torch" not in locked

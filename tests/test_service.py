@@ -382,7 +382,7 @@ def test_metrics_pass_promtool_and_count(url: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):
-            pytest.fail("promtool missing in CI: .ci/run must install Debian's prometheus")
+            pytest.fail("promtool missing in CI: make test installs Debian's prometheus")
         pytest.skip("promtool missing: install Debian's prometheus package")
     before = httpx.get(f"{url}/metrics").text
     post(url, [("a.png", png(photo()))], boxes=[[ASTRONAUT_BOX, ASTRONAUT_BOX]])

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from dipr.core.errors import DiprError
 from dipr.service.http.connections import STATE_KEY, ConnectionWatch
+from dipr.service.http.docs import docs_router
 from dipr.service.http.errors import error_body, error_response, http_error
 from dipr.service.http.middleware import RequestLimits, RequestObserver
 from dipr.service.http.routes import health_router, metrics_router, pose_router
@@ -55,16 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Human pose estimation with debiased integral regression",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs and /redoc come from docs_router, with local assets instead of FastAPI's CDN ones.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.api_keys = settings.all_api_keys()
     app.include_router(pose_router)
     app.include_router(health_router)
+    app.include_router(docs_router)
     if settings.metrics_port is None:
         app.include_router(metrics_router)
     _handle_errors(app, runtime)
     # The last added is outermost: the observer also sees what the limit refuses.
-    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, metrics=runtime.metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

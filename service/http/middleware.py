@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.routing import compile_path
+
 from dipr.core.errors import LimitExceeded
-from dipr.service.http.errors import error_response
+from dipr.service.http.errors import error_response, http_error
 from dipr.service.logs import request_id
 from dipr.service.metrics import ServiceMetrics
 
@@ -23,11 +25,13 @@ access_log = logging.getLogger("dipr.access")
 
 
 class RequestLimits:
-    """Refuses bodies over the byte limit: at once by Content-Length, else while streaming."""
+    """Refuses bodies over the byte limit: at once by Content-Length (counted here: no exception
+    handler sees it), else while streaming."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: ServiceMetrics | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +41,8 @@ class RequestLimits:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             refusal = LimitExceeded(f"request body over {limit} bytes")
+            if self.metrics is not None:
+                self.metrics.rejected.labels(http_error(refusal).code).inc()
             await error_response(refusal, retry_after_s=1)(scope, receive, send)
             return
         received = 0
@@ -53,14 +59,44 @@ class RequestLimits:
         await self.app(scope, counted, send)
 
 
+class RouteTemplates:
+    """Labels requests by the template of their route, not by their raw path: unknown paths
+    must not create new label values. Routing names the route; a request refused before routing
+    (a body over the limit) is labelled with the first documented route whose template its path
+    matches (the app's OpenAPI paths, read once), else "unmatched"."""
+
+    def __init__(self) -> None:
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def __call__(self, scope: Scope) -> str:
+        routed = scope.get("route")
+        if routed is not None:
+            return str(getattr(routed, "path", "unmatched"))
+        if self._templates is None:
+            self._templates = self._documented(scope.get("app"))
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return next((t for pattern, t in self._templates if pattern.match(path)), "unmatched")
+
+    @staticmethod
+    def _documented(app: Any) -> list[tuple[re.Pattern[str], str]]:
+        openapi = getattr(app, "openapi", None)
+        paths = openapi().get("paths", {}) if callable(openapi) else {}
+        return [(compile_path(template)[0], template) for template in paths]
+
+
 class RequestObserver:
     """One pass over every request: gives it an id (the client's X-Request-ID if sane, else a new
-    one) returned as a header and carried by its log lines, counts and times it by route
-    template, and writes one access log line (no body buffering)."""
+    one) returned as a header and carried by its log lines, counts it by route template and status,
+    times it by route template and status class, and writes one access log line (method, path,
+    status, duration, client, request id; no body buffering)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.route_template = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,10 +119,7 @@ class RequestObserver:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            # Templates, not raw paths: unknown paths must not create new label values.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.request_duration.labels(route).observe(seconds)
+            self.metrics.request_done(scope["method"], self.route_template(scope), status, seconds)
             client = scope.get("client")
             access_log.info(
                 "request",

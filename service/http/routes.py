@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from dipr.core.errors import DeadlineExceeded, LimitExceeded, NotReady
 from dipr.core.images import SUPPORTED_MEDIA_TYPES
 from dipr.service.http.dependencies import KEYED, RuntimeDep
-from dipr.service.http.errors import DESCRIPTIONS
+from dipr.service.http.errors import DESCRIPTIONS, ERRORS, INTERNAL, error_body
 from dipr.service.http.request_body import read_pose_request
 from dipr.service.http.responses import (
+    MODEL_EXAMPLE,
+    POSE_EXAMPLE,
     ErrorResponse,
     Health,
     ModelDetails,
@@ -25,35 +27,109 @@ from dipr.service.pipeline import ImagePoses, PoseOptions
 from dipr.service.render import render_jpeg
 from dipr.service.runtime import Runtime
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in DESCRIPTIONS.items()
+# One message of each error code, as the service words it, for the OpenAPI examples.
+_EXAMPLE_MESSAGES = {
+    "undecodable_image": "the data is not a JPEG, PNG, WebP or BMP image",
+    "malformed_request": "cannot parse the multipart body: Missing boundary in multipart.",
+    "unauthorized": "missing or wrong API key",
+    "payload_too_large": "at most 16 images per request",
+    "unsupported_media_type": "GIF images are not supported; send a JPEG, PNG, WebP or BMP image",
+    "invalid_request": "boxes is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    "inference_failed": "inference failed: RuntimeException: …",
+    "internal": "internal error",
+    "overloaded": "the pose queue is full (256 waiting)",
+    "not_ready": "not ready: loading the models",
+    "deadline_exceeded": "the deadline passed before decoding",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answers for these error statuses: the error body, with an example of each code
+    that the status carries."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": DESCRIPTIONS[status],
+            "content": {
+                "application/json": {
+                    "examples": {
+                        code: {
+                            "summary": code,
+                            "value": error_body(
+                                code, _EXAMPLE_MESSAGES.get(code, DESCRIPTIONS[status])
+                            ),
+                        }
+                        for code in _codes(status)
+                    }
+                }
+            },
+        }
+        for status in statuses
+    }
+
+
+def _codes(status: int) -> list[str]:
+    return sorted({e.code for e in [*ERRORS.values(), INTERNAL] if e.status == status})
+
+
+def _example(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON answer's example as OpenAPI shows it: both /docs and /redoc show this one as is,
+    where they would otherwise make up a sample from the schema."""
+    return {"content": {"application/json": {"example": value}}}
+
+
+ERROR_RESPONSES = error_responses(*DESCRIPTIONS)
+ALIVE = Health(status="alive").model_dump(exclude_none=True)
+READY = Health(status="ready").model_dump(exclude_none=True)
+NOT_READY = Health(status="not_ready", reason="loading the models").model_dump()
 # The body is read by `read_pose_request`, not by FastAPI: the schema is written out here.
+# "Try it out" in /docs sends what this schema pre-fills: `boxes` starts empty (a sample value
+# such as "string" would be sent as is and refused), and an empty `boxes` means no boxes.
 POSE_BODY = {
     "requestBody": {
         "required": True,
+        "description": "multipart/form-data: images in the field `image` and optionally their "
+        "boxes in `boxes`; or one image as the whole body (its persons are found)",
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                            "description": "one file per image: JPEG, PNG, WebP or BMP",
+                        },
                         "boxes": {
                             "type": "string",
-                            "description": "JSON: one list of [x1, y1, x2, "
-                            "y2] pixel boxes per image; empty or null for the whole image",
+                            "default": "",
+                            "description": "JSON: one list of [x1, y1, x2, y2] pixel boxes per "
+                            "image, in upload order, e.g. `[[[40, 20, 470, 512]]]` for one image "
+                            "with one person; `[]` or `null` for an image whose persons are to "
+                            "be found. Empty or absent: find the persons of every image",
                         },
                     },
                 }
             },
             **{
                 media: {"schema": {"type": "string", "format": "binary"}}
-                for media in SUPPORTED_MEDIA_TYPES
+                for media in (*SUPPORTED_MEDIA_TYPES, "application/octet-stream")
             },
         },
-    }
+    },
+    # Read with the body by `read_pose_request` (it refuses it beside a multipart `boxes`).
+    "parameters": [
+        {
+            "name": "boxes",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "for a raw image body only: its boxes, the same JSON as the form "
+            "field, e.g. `[[[40, 20, 470, 512]]]`; absent: find the persons",
+        }
+    ],
 }
 
 
@@ -98,7 +174,7 @@ async def _estimate(
     "/pose",
     response_model=PoseResponse,
     response_model_exclude_none=True,
-    responses=ERROR_RESPONSES,
+    responses={200: _example(POSE_EXAMPLE), **ERROR_RESPONSES},
     openapi_extra=POSE_BODY,
 )
 async def pose(
@@ -135,7 +211,7 @@ async def pose_render(request: Request, runtime: RuntimeDep, detection: Detectio
 @pose_router.get(
     "/v1/model",
     response_model=ModelDetails,
-    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses={200: _example(MODEL_EXAMPLE), **error_responses(401, 503)},
 )
 async def model(runtime: RuntimeDep) -> ModelDetails:
     if runtime.model is None or runtime.provider is None:
@@ -143,12 +219,19 @@ async def model(runtime: RuntimeDep) -> ModelDetails:
     return model_details(runtime.model, runtime.provider, runtime.detector)
 
 
-@health_router.get("/health/live", response_model=Health)
+@health_router.get("/health/live", response_model=Health, responses={200: _example(ALIVE)})
 async def live() -> Health:
     return Health(status="alive")
 
 
-@health_router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
+@health_router.get(
+    "/health/ready",
+    response_model=Health,
+    responses={
+        200: _example(READY),
+        503: {"model": Health, "description": "not ready, and why", **_example(NOT_READY)},
+    },
+)
 async def ready(runtime: RuntimeDep) -> Response:
     reason = runtime.readiness()
     if reason is None:
@@ -165,7 +248,7 @@ async def ready(runtime: RuntimeDep) -> Response:
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus"},
-        401: {"model": ErrorResponse},
+        **error_responses(401),
     },
 )
 async def metrics(runtime: RuntimeDep) -> Response:

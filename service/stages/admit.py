@@ -1,8 +1,10 @@
 """Stage: a request's image headers read and its boxes' shapes checked, then its cost held on the
-decode budget, or the request refused at once (503) when the budget has no room for it."""
+decode budget, or the request refused at once (503) when the budget has no room for it. An image
+refused here is named in the error (its position and file name)."""
 
 from dipr.core.crops import check_box_shape
 from dipr.core.decode_cost import decode_cost_mp
+from dipr.core.errors import DiprError, image_place
 from dipr.core.images import read_header
 from dipr.service.admission import DecodeBudget
 from dipr.service.pipeline import ImageWork, RequestStage
@@ -31,10 +33,14 @@ class AdmitStage(RequestStage):
         costs = []
         for work in works:
             source = work.source
-            # Headers only (microseconds each): on the event loop, before any decoding.
-            work.header = read_header(source.data, source.media_type, self.max_pixels)
-            for box in work.boxes or ():
-                check_box_shape(box)
+            try:
+                # Headers only (microseconds each): on the event loop, before any decoding.
+                work.header = read_header(source.data, source.media_type, self.max_pixels)
+                for box in work.boxes or ():
+                    check_box_shape(box)
+            except DiprError as error:
+                error.at(image_place(work.index, source.name))  # which of the request's images
+                raise
             cost = decode_cost_mp(
                 work.header,
                 work.boxes,

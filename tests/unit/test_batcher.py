@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dipr.core.errors import DeadlineExceeded, InferenceFailed, Overloaded
-from dipr.service.batcher import Batcher, Occupancy
+from dipr.service.batcher import Batcher, CropTime, Occupancy
 
 POISON = 255  # a crop whose first pixel is this makes the stand-in model raise
 
@@ -232,3 +232,78 @@ async def test_an_empty_queue_takes_one_request_larger_than_itself(recorder: Rec
     assert (await large)["tag"].tolist() == list(range(10))
     assert (await batcher.submit(tagged([7]), deadline()))["tag"].tolist() == [7]
     batcher.stop()
+
+
+def test_crop_time_is_a_high_quantile_of_the_last_batches_per_crop() -> None:
+    times = CropTime(window=10, quantile=0.9)
+    assert times.likely_max(True, 0.0) is None  # nothing measured: nothing refused
+    for seconds in (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 1.0, 0.1):
+        times.started()
+        times.ended(0.0, True, seconds)
+    # The window holds the last 10 (0.01 fell out); 9 in 10 took at most 0.1 s.
+    assert times.likely_max(True, 0.0) == 0.1
+    # Alongside others nothing was measured yet: the batches alone stand in.
+    assert times.likely_max(False, 0.0) == 0.1
+    times.started()
+    times.ended(0.0, False, 0.5)
+    assert times.likely_max(False, 0.0) == 0.5
+    times.started()
+    times.ended(0.0, True, None)  # a failed batch is no timing
+    assert times.likely_max(True, 0.0) == 0.1
+
+
+def test_crop_time_fades_while_no_batch_runs_so_refusals_cannot_last() -> None:
+    times = CropTime(grace_s=1.0, half_life_s=1.0)
+    times.started()
+    times.ended(10.0, True, 0.8)  # one very slow batch
+    assert times.likely_max(True, 10.9) == 0.8  # within the grace
+    assert times.likely_max(True, 12.0) == pytest.approx(0.4)
+    assert times.likely_max(True, 14.0) == pytest.approx(0.1)
+    times.started()  # a batch runs: it will be measured, nothing fades meanwhile
+    assert times.likely_max(True, 14.0) == 0.8
+
+
+class FixedCropTime(CropTime):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def likely_max(self, alone: bool, now: float) -> float | None:
+        return self.seconds
+
+
+async def test_a_crop_that_would_be_late_is_not_run_and_batches_stop_at_the_tightest_deadline(
+    recorder: Recorder,
+) -> None:
+    """Crops take 0.1 s: one with 0.05 s left is answered DeadlineExceeded without inference;
+    a batch stops growing where one more crop would make a deadline in it late."""
+    infer, calls = echo_model()
+    batcher = Batcher(
+        infer, max_batch_size=8, max_queue=64, observer=recorder, crop_time=FixedCropTime(0.1)
+    )
+    hopeless = asyncio.create_task(batcher.submit(tagged([1]), deadline(0.05)))
+    roomy = asyncio.create_task(batcher.submit(tagged([2, 3]), deadline(5)))
+    tight = asyncio.create_task(batcher.submit(tagged([4]), deadline(0.25)))
+    await asyncio.sleep(0.01)  # all queued before the worker starts
+    batcher.start()
+    with pytest.raises(DeadlineExceeded, match="would pass"):
+        await hopeless
+    assert (await roomy)["tag"].tolist() == [2, 3]
+    assert (await tight)["tag"].tolist() == [4]
+    batcher.stop()
+    # [2, 3, 4] would take 0.3 s, past the 0.25 s of 4: it went alone, next.
+    assert calls == [2, 1]
+
+
+async def test_after_one_batch_a_crop_without_time_for_inference_is_refused_at_once() -> None:
+    infer, calls = echo_model(delay=0.2)
+    batcher = Batcher(infer, max_batch_size=4, max_queue=64)
+    batcher.start()
+    await batcher.submit(tagged([1]), deadline())  # measured: 0.2 s or more per crop
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="would pass"):
+        await batcher.submit(tagged([2]), deadline(0.1))
+    assert time.monotonic() - started < 0.1  # answered before its deadline, not at it
+    assert (await batcher.submit(tagged([3]), deadline()))["tag"].tolist() == [3]
+    batcher.stop()
+    assert calls == [1, 1]

@@ -88,6 +88,36 @@ def test_box_shape_is_checked_before_the_image_is_known(box, message):
         check_box_shape(box)
 
 
+def test_a_box_that_would_be_one_as_coco_x_y_width_height_gets_the_hint():
+    with pytest.raises(InvalidInput) as refused:
+        check_box_shape((100.0, 50.0, 30.0, 80.0))  # x2 < x1: as [x, y, w, h], a 30×80 box
+    assert refused.value.message == (
+        "box [100, 50, 30, 80] has no area: need x2 > x1 and y2 > y1; boxes are [x1, y1, x2, y2] "
+        "corners, not COCO [x, y, width, height]: if this one is [x, y, width, height], send "
+        "[100, 50, 130, 130]"
+    )
+    with pytest.raises(InvalidInput, match=r"send \[10\.5, 20, 15\.5, 60\]$"):
+        check_box_shape((10.5, 20.0, 5.0, 40.0))
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (0.0, 10.0, 10.0, 0.0),  # y2 = 0: no height either way
+        (10.0, 10.0, -5.0, 20.0),  # negative as a width too
+    ],
+)
+def test_a_box_that_is_no_box_either_way_gets_no_coco_hint(box):
+    with pytest.raises(InvalidInput, match="no area") as refused:
+        check_box_shape(box)
+    assert "COCO" not in refused.value.message
+
+
+def test_a_coco_box_with_width_above_x_is_a_valid_box_and_cannot_be_told():
+    """[x, y, w, h] = [10, 20, 200, 300] is also the corners box [10, 20] – [200, 300]: accepted."""
+    check_box_shape((10.0, 20.0, 200.0, 300.0))
+
+
 @pytest.mark.parametrize(
     ("box", "message"),
     [

@@ -272,6 +272,20 @@ def test_other_image_formats_are_unsupported(data, name, content_type):
         decode_image(data, content_type, MAX_PIXELS)
 
 
+def test_an_unsupported_format_sent_as_octet_stream_is_told_the_formats_not_a_type():
+    """The client already declared application/octet-stream: naming media types would not help."""
+    with pytest.raises(UnsupportedImage) as refused:
+        read_header(GIF89A, "application/octet-stream", MAX_PIXELS)
+    assert (
+        refused.value.message == "GIF images are not supported; send a JPEG, PNG, WebP or BMP image"
+    )
+
+
+def test_a_declared_type_that_cannot_be_an_image_names_the_types_to_declare():
+    with pytest.raises(UnsupportedImage, match="'text/plain' is not supported; send one of image/"):
+        read_header(b"\xff\xd8\xff", "text/plain", MAX_PIXELS)
+
+
 def test_empty_body():
     with pytest.raises(UndecodableImage):
         decode_image(b"", "image/jpeg", MAX_PIXELS)

@@ -8,7 +8,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from dipr.core.errors import InvalidInput, Overloaded
+from dipr.core.errors import (
+    InvalidInput,
+    Overloaded,
+    UndecodableImage,
+    UnsupportedImage,
+    image_place,
+)
 from dipr.core.images import DecodedImage
 from dipr.service.admission import DecodeBudget
 from dipr.service.fair_pool import FairPool
@@ -202,3 +208,73 @@ async def test_a_failed_request_gives_its_budget_back(pool):
             [image(), image(512, 512, outside)], PoseOptions(), time.monotonic() + 5
         )
     assert budget.in_flight() == 0
+
+
+def test_an_error_placed_keeps_its_class_and_is_placed_once():
+    error = Overloaded("the queue is full", cause="pose_queue")
+    assert error.at("image 2 (b.jpg)") is error
+    error.at("image 9")  # an outer place does not override the inner, more precise one
+    assert isinstance(error, Overloaded) and error.cause == "pose_queue"
+    assert error.message == str(error) == "image 2 (b.jpg): the queue is full"
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "place"),
+    [
+        (0, None, "image 1"),
+        (1, "", "image 2"),
+        (2, "holiday.jpg", "image 3 (holiday.jpg)"),
+        (0, "a\r\nforged: line\x00.jpg", "image 1 (aforged: line.jpg)"),
+        (0, "\x1b\x07", "image 1"),
+        (0, "é" * 200, f"image 1 ({'é' * 79}…)"),
+    ],
+)
+def test_an_image_is_named_by_position_and_its_printable_file_name(index, name, place):
+    assert image_place(index, name) == place
+
+
+def truncated(data: bytes) -> bytes:
+    """Cut mid-scan: the header reads, the decode fails."""
+    return data[: len(data) // 2]
+
+
+async def test_an_image_that_fails_to_decode_is_named_among_the_others(pool):
+    images = [
+        ImageInput(image().data, "image/jpeg", None, "a.jpg"),
+        ImageInput(truncated(image().data), "image/jpeg", None, "b.jpg"),
+        ImageInput(image().data, "image/jpeg", None, "c.jpg"),
+    ]
+    with pytest.raises(UndecodableImage) as refused:
+        await pose_pipeline(pool).run(images, PoseOptions(), time.monotonic() + 5)
+    assert refused.value.message == "image 2 (b.jpg): corrupt or truncated JPEG data"
+
+
+async def test_a_box_refused_when_cropping_names_its_image(pool):
+    outside = [(600.0, 600.0, 900.0, 900.0)]
+    images = [image(), ImageInput(image().data, None, outside, "b.jpg")]
+    with pytest.raises(InvalidInput, match=r"^image 2 \(b\.jpg\): box \[600, 600, 900, 900\] lies"):
+        await pose_pipeline(pool).run(images, PoseOptions(), time.monotonic() + 5)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (ImageInput(b"GIF89a" + bytes(20), None, None, "c.gif"), UnsupportedImage, "GIF images"),
+        (ImageInput(b"", "image/png", None, "c.png"), UndecodableImage, "empty"),
+        (ImageInput(b"\xff\xd8\xff", "text/plain", None, "c.txt"), UnsupportedImage, "text/plain"),
+        (
+            ImageInput(image().data, None, [(100.0, 50.0, 30.0, 80.0)], "c.jpg"),
+            InvalidInput,
+            "COCO",
+        ),
+    ],
+)
+async def test_an_image_refused_at_admission_is_named(bad, error, message):
+    works = [
+        ImageWork(source, PoseOptions(), i) for i, source in enumerate([image(), image(), bad])
+    ]
+    for work in works:
+        work.boxes = work.source.boxes
+    with pytest.raises(error, match=message) as refused:
+        await admit().run_request(works, time.monotonic() + 5)
+    assert refused.value.message.startswith(f"image 3 ({bad.name}): ")
