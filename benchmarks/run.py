@@ -117,7 +117,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
     )
     # TensorRT: one profile up to the largest batch measured (the service's stops at its own).
     tensorrt = TensorrtOptions(settings.tensorrt_cache_dir, max(config.batch_sizes) * len(GROUP))
-    backend = OnnxBackend(config.model, config.provider, 0, settings.intra_op_threads, tensorrt)
+    backend = OnnxBackend(
+        config.model, config.provider, settings.device_id, settings.intra_op_threads, tensorrt
+    )
     # Both ways the service runs batches: alone on every core, and side by side (CPU).
     workers = backend.configure_workers(settings.inference_workers, settings.intra_op_threads)
     modes = [(backend.infer, 1)] + ([(backend.infer_alongside, workers)] if workers > 1 else [])
@@ -155,7 +157,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
         ServerProcess([*serve, "--log-level", "warning"], service_port, env) as server,
         ServerProcess([*naive_command, "--port", str(naive_port)], naive_port, {}) as baseline,
     ):
-        server.wait_ready("/health/ready")
+        # TensorRT builds its engines before the service is ready: minutes on a first start.
+        server.wait_ready("/health/ready", 1200 if config.provider == "tensorrt" else 120)
         baseline.wait_ready("/docs")
         # The photo of one person, whole: the pose model alone (no detection asked for).
         service_url, naive_url = f"{server.url}/pose?detect=false", f"{baseline.url}/pose"
@@ -240,7 +243,7 @@ class _Detection:
         detector: OnnxBackend[DetectorInfo] = OnnxBackend(
             config.detector,
             config.provider,
-            0,
+            settings.device_id,
             settings.intra_op_threads,
             tensorrt,
             describe=detector_contract.describe,

@@ -113,10 +113,17 @@ def _providers(
     return [CPU]
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, gpu: bool = False) -> ort.SessionOptions:
+    """`intra_op_threads` 0: ONNX Runtime's choice on CPU (a thread per core); on a GPU one
+    thread that does not spin: the few nodes left on the CPU need no more, and a spinning pool
+    of a thread per core would compete with JPEG decoding for nothing."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if gpu and intra_op_threads == 0:
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.intra_op_num_threads = intra_op_threads
     return options
 
 
@@ -136,25 +143,42 @@ class OnnxBackend(Generic[Info]):
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         self._path = path
-        options = _session_options(intra_op_threads)
         try:
             providers = _providers(provider, path, device_id, tensorrt, describe)
             wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+            options = session_options(intra_op_threads, gpu=wanted in GPU_PROVIDERS)
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises several unrelated types for bad files
             raise ModelError(f"onnxruntime cannot load {path}: {error}") from error
         self.provider = self.session.get_providers()[0]
         log.info("model %s on %s (asked: %s)", path, self.provider, provider)
         if wanted != CPU and self.provider != wanted:
-            # onnxruntime logs the GPU failure and quietly runs on the next provider: refuse to.
             what = "TensorRT" if wanted == TENSORRT else "CUDA"
-            raise ProviderUnavailable(
-                f"{what} was requested ({provider}) but onnxruntime runs on {self.provider}: "
-                "check the CUDA, cuDNN (and TensorRT) libraries matching onnxruntime-gpu"
-            )
+            if provider == "auto":
+                # onnxruntime-gpu on a machine without a (usable) GPU: auto means "else CPU".
+                log.warning(
+                    "auto: onnxruntime offers %s but runs on %s (no usable GPU): serving on CPU",
+                    what,
+                    self.provider,
+                )
+                self.session = ort.InferenceSession(
+                    str(path), session_options(intra_op_threads), providers=[CPU]
+                )
+            else:
+                # onnxruntime logs the GPU failure and quietly runs on the next provider: when a
+                # GPU was asked for by name, refuse to.
+                raise ProviderUnavailable(
+                    f"{what} was requested ({provider}) but onnxruntime runs on {self.provider}: "
+                    "check the CUDA, cuDNN (and TensorRT) libraries matching onnxruntime-gpu"
+                )
         self.info: Info = describe(self.session)
         self._outputs = [output.name for output in self.session.get_outputs()]
         self._alongside: ort.InferenceSession | None = None
+        # The batch sizes a batch is padded up to (set by warm-up on a GPU): cuDNN tunes its
+        # algorithms per shape, so a batch of 3 or 12 first seen in the middle of serving would
+        # stall it; padded to a warmed size, no new shape ever runs. Empty: no padding (CPU,
+        # whose cost grows with every row).
+        self.batch_buckets: tuple[int, ...] = ()
 
     def add_alongside_session(self, threads: int) -> None:
         """CPU: a second session of the same model with `threads` intra-op threads, for batches
@@ -162,11 +186,20 @@ class OnnxBackend(Generic[Info]):
         operators; k streams on 1/k of the cores each keep them busy (`infer_alongside`)."""
         if self.provider != CPU:
             raise ValueError(f"alongside sessions are for CPU, not {self.provider}")
-        options = _session_options(threads)
+        options = session_options(threads)
         self._alongside = ort.InferenceSession(str(self._path), options, providers=[CPU])
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """batch: uint8 [N, H, W, 3] → every model output, N rows each."""
+        rows = len(batch)
+        bucket = next((size for size in self.batch_buckets if size >= rows), rows)
+        if bucket > rows:
+            padding = np.zeros((bucket - rows, *batch.shape[1:]), batch.dtype)
+            outputs = self._infer_rows(np.concatenate([batch, padding]))
+            return {name: values[:rows] for name, values in outputs.items()}
+        return self._infer_rows(batch)
+
+    def _infer_rows(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.provider in GPU_PROVIDERS:
             # IOBinding: one host→device copy of the input and device→host of the outputs,
             # without Run()'s intermediate staging.
@@ -178,6 +211,10 @@ class OnnxBackend(Generic[Info]):
             values = binding.copy_outputs_to_cpu()
             return dict(zip(self._outputs, values, strict=True))
         return self._run(self.session, batch)
+
+    @property
+    def has_alongside_session(self) -> bool:
+        return self._alongside is not None
 
     def infer_alongside(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Like `infer`, on the alongside session when there is one."""
@@ -204,6 +241,8 @@ class OnnxBackend(Generic[Info]):
         width, height = self.info.input_size
         for size in batch_sizes:
             self.infer(np.zeros((size, height, width, 3), np.uint8))
+        if self.provider in GPU_PROVIDERS:
+            self.batch_buckets = tuple(sorted(batch_sizes))
         if self._alongside is not None:
             for size in sorted({min(size, alongside_batch_size) for size in batch_sizes} - {0}):
                 self.infer_alongside(np.zeros((size, height, width, 3), np.uint8))

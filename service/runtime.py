@@ -72,6 +72,12 @@ class Runtime:
             self._not_ready = str(error)
             self.stop_batchers()
             return
+        except Exception as error:  # ONNX Runtime at warm-up: out of memory, cuDNN missing, …
+            # Up and unready with the reason, rather than a process that crash-loops.
+            log.exception("not ready: the models failed to warm up")
+            self._not_ready = f"warm-up failed: {type(error).__name__}: {error}"[:500]
+            self.stop_batchers()
+            return
         s = self.settings
         crop = CropStage(pose.info.input_size, s.box_padding)
         # Images sent with boxes are cropped right after decoding, the others after detection.
@@ -164,7 +170,9 @@ class Runtime:
             s.batch_delay_ms / 1000,
             observer=observer,
             workers=workers,
-            infer_alongside=backend.infer_alongside,
+            # Only with a second session to run them on (CPU, several workers): otherwise a
+            # deep queue would be cut into quarter batches for nothing (one GPU worker).
+            infer_alongside=backend.infer_alongside if backend.has_alongside_session else None,
             occupancy=self._occupancy,
             name=model,
         )

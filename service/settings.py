@@ -23,8 +23,9 @@ class Settings(BaseSettings):
     model_path: Path = Field(DEFAULT_ONNX, description="ONNX model following the dipr contract")
     provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
         "auto",
-        description="auto: CUDA when onnxruntime can use it, else CPU; cuda: CUDA or not "
-        "ready; tensorrt: TensorRT (CUDA for what it cannot run) or not ready; cpu: CPU only",
+        description="auto: CUDA when onnxruntime can use it, else CPU (with a warning when "
+        "onnxruntime-gpu finds no usable GPU); cuda: CUDA or not ready; tensorrt: TensorRT "
+        "(CUDA for what it cannot run) or not ready; cpu: CPU only",
     )
     device_id: int = Field(0, ge=0, description="CUDA device")
     tensorrt_cache_dir: Path = Field(
@@ -33,7 +34,10 @@ class Settings(BaseSettings):
         "minutes; reused while model, GPU, TensorRT version and DIPR_MAX_BATCH_SIZE stay)",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ORT threads per inference (0: ORT's choice, all cores)"
+        0,
+        ge=0,
+        description="ORT threads per inference (0: on CPU ORT's choice, all cores; on a GPU "
+        "one thread that does not spin)",
     )
     max_batch_size: int = Field(16, ge=1, description="most crops in one inference")
     batch_delay_ms: float = Field(

@@ -342,3 +342,13 @@ def test_detector_exports_in_fp16_and_passes_parity(
     assert kernel_types == {onnx.TensorProto.FLOAT16}
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     assert set(outputs.values()) == {onnx.TensorProto.FLOAT}
+
+
+@pytest.mark.parametrize("path", [DEFAULT_ONNX, DEFAULT_DETECTOR_ONNX], ids=["pose", "detector"])
+def test_the_uint8_input_goes_straight_into_a_cast(path: Path) -> None:
+    """TensorRT takes a uint8 network input only into a Cast: a Transpose first (NHWC → NCHW)
+    fails its engine build or leaves that node to CUDA. (The exporter's Shape, for the dynamic
+    batch, reads the dimensions only.)"""
+    graph = onnx.load(str(path)).graph
+    consumers = [node.op_type for node in graph.node if pose_contract.INPUT in node.input]
+    assert "Cast" in consumers and set(consumers) <= {"Cast", "Shape"}, consumers

@@ -35,9 +35,11 @@ def small_photo() -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-def faulty_model(path: Path) -> Path:
+def faulty_model(path: Path, table: int = len(COCO_KEYPOINTS)) -> Path:
     """A contract-following model whose inference raises for bright images: it looks the
-    brightest pixel up in a 17-entry table, and onnxruntime fails on an index out of range."""
+    brightest pixel up in a `table`-entry table (17: images whose brightest pixel is ≥ 17 raise;
+    0: every image, the warm-up's black ones too), and onnxruntime fails on an index out of
+    range."""
     k = len(COCO_KEYPOINTS)
     nodes = [
         helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0, axes=[1, 2, 3]),
@@ -51,7 +53,7 @@ def faulty_model(path: Path) -> Path:
         helper.make_node("Identity", [pose_contract.KEYPOINTS], [pose_contract.KEYPOINTS_RAW]),
     ]
     inits = [
-        helper.make_tensor("table", TensorProto.FLOAT, [k], [1.0] * k),
+        helper.make_tensor("table", TensorProto.FLOAT, [table], [1.0] * table),
         helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]),
         helper.make_tensor("column3", TensorProto.INT64, [3], [-1, 1, 1]),
         helper.make_tensor("zeros_k", TensorProto.FLOAT, [1, k], [0.0] * k),
@@ -436,3 +438,19 @@ def test_request_ids_are_echoed_or_made() -> None:
         made = httpx.get(f"{url}/health/live", headers={"X-Request-ID": "bad id\twith spaces"})
         assert made.headers["x-request-id"] != "bad id\twith spaces"
         assert len(made.headers["x-request-id"]) == 32
+
+
+def test_a_model_that_fails_at_warm_up_leaves_the_service_up_and_unready(tmp_path: Path) -> None:
+    """An ONNX Runtime error at warm-up (on a GPU: out of memory, cuDNN missing at the first Conv)
+    must not crash-loop the process: it stays alive, unready, with the reason."""
+    with running_service(
+        model_path=faulty_model(tmp_path / "fails.onnx", table=0), detect=False
+    ) as url:
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        ready = httpx.get(f"{url}/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["reason"].startswith("warm-up failed: "), ready.json()
+        refused = httpx.post(
+            f"{url}/pose", content=png_of(0), headers={"content-type": "image/png"}
+        )
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"

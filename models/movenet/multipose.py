@@ -120,7 +120,8 @@ class MultiPoseDetector(nn.Module):
     def decode(self, image: Tensor) -> MultiPoseDecoded:
         """The graph's own outputs: `identity()` is its `Identity` tensor, and the maps."""
         dtype = self.network.input_scale.dtype  # fp16 when the backbone was exported in fp16
-        pixels = image.permute(0, 3, 1, 2).to(dtype)
+        # Cast first: TensorRT takes a uint8 input only straight into a Cast (then the layout).
+        pixels = image.to(dtype).permute(0, 3, 1, 2)
         # The decode always runs in fp32, as the graph does: its box and joint arithmetic is in
         # heatmap cells, where fp16 would round the 64-cell coordinates to 1/32 of a cell.
         heads = MultiPoseHeads(*(t.float() for t in self.network(pixels)))

@@ -64,7 +64,8 @@ class MoveNetPose(nn.Module):
 
     def forward(self, image: Tensor) -> PoseOutputs:
         dtype = self.network.input_scale.dtype  # fp16 when the backbone was exported in fp16
-        pixels = image.permute(0, 3, 1, 2).to(dtype)
+        # Cast first: TensorRT takes a uint8 input only straight into a Cast (then the layout).
+        pixels = image.to(dtype).permute(0, 3, 1, 2)
         # The head always runs in fp32: a softmax over β·H in fp16 overflows near β·H ≈ 11.
         heads = MoveNetOutputs(*(t.float() for t in self.network(pixels)))
         decoded = official_decode(self.network, heads)

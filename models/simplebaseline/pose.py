@@ -71,7 +71,8 @@ class SimpleBaselinePose(nn.Module):
 
     def forward(self, image: Tensor) -> SimpleBaselineOutputs:
         dtype = self.network.input_mean.dtype  # fp16 when the backbone was exported in fp16
-        pixels = image.permute(0, 3, 1, 2).to(dtype)
+        # Cast first: TensorRT takes a uint8 input only straight into a Cast (then the layout).
+        pixels = image.to(dtype).permute(0, 3, 1, 2)
         head = integral_head(self.network(pixels), self.beta, self.debias)
         return SimpleBaselineOutputs(
             keypoints=to_input_pixels(head.keypoints, self.coordinates),

@@ -12,6 +12,7 @@ from dipr.service.backend import (
     OnnxBackend,
     ProviderUnavailable,
     TensorrtOptions,
+    session_options,
     warm_up_sizes,
 )
 
@@ -72,3 +73,54 @@ def test_tensorrt_profile_covers_every_batch_the_batcher_forms(tmp_path: Path) -
 )
 def test_warm_up_runs_powers_of_two_and_the_largest_batch(largest, sizes):
     assert warm_up_sizes(largest) == sizes
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this onnxruntime has CUDA")
+def test_auto_serves_on_cpu_when_onnxruntime_offers_cuda_that_does_not_work(monkeypatch) -> None:
+    """onnxruntime-gpu on a machine without a GPU: CUDA is listed, the session runs on CPU.
+    `auto` means "else CPU" (with a warning); `cuda` asked by name is still refused."""
+    offered = ["CUDAExecutionProvider", CPU]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: offered)
+    backend = OnnxBackend(DEFAULT_ONNX, "auto")
+    assert backend.provider == CPU
+    assert backend.infer(np.zeros((1, 256, 256, 3), np.uint8))["scores"].shape == (1, 17)
+    with pytest.raises(ProviderUnavailable, match="CUDA was requested"):
+        OnnxBackend(DEFAULT_ONNX, "cuda")
+
+
+def test_on_a_gpu_onnx_runtime_gets_one_thread_that_does_not_spin() -> None:
+    gpu = session_options(0, gpu=True)
+    assert gpu.intra_op_num_threads == 1
+    assert gpu.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    cpu = session_options(0)
+    assert cpu.intra_op_num_threads == 0  # ONNX Runtime's choice: a thread per core
+    assert session_options(3, gpu=True).intra_op_num_threads == 3  # asked for: as asked
+
+
+def test_a_batch_is_padded_to_a_warmed_size_and_answered_with_its_own_rows(monkeypatch) -> None:
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu")
+    batch = np.random.default_rng(1).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    unpadded = backend.infer(batch)
+    shapes: list[int] = []
+    run = backend._run
+
+    def recording(session: ort.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
+        shapes.append(len(rows))
+        return run(session, rows)
+
+    monkeypatch.setattr(backend, "_run", recording)
+    backend.batch_buckets = tuple(warm_up_sizes(16))  # what warm-up sets on a GPU
+    padded = backend.infer(batch)
+    assert shapes == [4]  # the model ran a warmed shape
+    for name, values in unpadded.items():
+        assert padded[name].shape == values.shape
+        np.testing.assert_allclose(padded[name], values, atol=1e-4)
+    backend.infer(batch[:1])
+    backend.infer(np.concatenate([batch] * 4))  # 12 → 16
+    assert shapes == [4, 1, 16]
+
+
+def test_warm_up_sets_buckets_only_where_shapes_are_tuned() -> None:
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu")
+    backend.warm_up([1, 2])
+    assert backend.batch_buckets == ()  # CPU: each padded row would cost as much as a real one
