@@ -54,7 +54,10 @@ class Settings(BaseSettings):
         "(batches of at most DIPR_MAX_BATCH_SIZE / 4), which keeps all cores busy",
     )
     max_queue: int = Field(
-        256, ge=1, description="most crops waiting; beyond it requests get 503 with Retry-After"
+        256,
+        ge=1,
+        description="most crops waiting; beyond it requests get 503 with Retry-After (at least "
+        "DIPR_MAX_BOXES and DIPR_MAX_IMAGES)",
     )
     request_timeout_s: float = Field(
         30.0,
