@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from dipr.service.cli import gpu_visible
+from dipr.service.preflight import gpu_visible
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE = [shutil.which("make") or "make", "--no-print-directory", "-f", str(ROOT / "Makefile")]

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from dipr.evaluation import cli as eval_cli
 from dipr.export import cli as export_cli
-from dipr.service import cli as serve_cli
+from dipr.service import preflight
 from dipr.service.settings import Settings
 
 
@@ -34,23 +34,23 @@ def refusal(**environment: str) -> ValidationError:
 
 
 def test_a_refused_setting_is_named_by_its_variable_with_the_value_given():
-    message = serve_cli.settings_problem(refusal(DIPR_MAX_IMAGES="0"))
+    message = preflight.settings_problem(refusal(DIPR_MAX_IMAGES="0"))
     assert message == "DIPR_MAX_IMAGES: Input should be greater than or equal to 1 (got '0')"
 
 
 def test_a_setting_given_by_flag_is_named_by_the_flag_too():
-    message = serve_cli.settings_problem(refusal(DIPR_PORT="70000"), flags={"port"})
+    message = preflight.settings_problem(refusal(DIPR_PORT="70000"), flags={"port"})
     assert message.startswith("--port (DIPR_PORT): Input should be less than or equal to 65535")
 
 
 def test_several_refusals_share_one_line():
-    message = serve_cli.settings_problem(refusal(DIPR_MAX_IMAGES="0", DIPR_LOG_FORMAT="xml"))
+    message = preflight.settings_problem(refusal(DIPR_MAX_IMAGES="0", DIPR_LOG_FORMAT="xml"))
     assert "\n" not in message
     assert "DIPR_MAX_IMAGES: " in message and "; DIPR_LOG_FORMAT: " in message
 
 
 def test_a_rule_across_settings_names_every_variable_involved():
-    message = serve_cli.settings_problem(refusal(DIPR_MAX_QUEUE="4"))
+    message = preflight.settings_problem(refusal(DIPR_MAX_QUEUE="4"))
     for name in ("DIPR_MAX_BOXES", "DIPR_MAX_IMAGES", "DIPR_MAX_QUEUE"):
         assert name in message, message
     assert "max_queue" not in message and "Value error" not in message
@@ -59,38 +59,38 @@ def test_a_rule_across_settings_names_every_variable_involved():
 def test_a_refused_api_key_is_never_echoed():
     with pytest.raises(ValidationError) as caught:
         Settings(api_keys=[12345678])  # type: ignore[list-item]
-    message = serve_cli.settings_problem(caught.value)
+    message = preflight.settings_problem(caught.value)
     assert message.startswith("DIPR_API_KEYS: ") and "12345678" not in message
 
 
 def test_missing_or_unreadable_files_are_named_by_their_variable(tmp_path: Path):
     missing = tmp_path / "missing.onnx"
     settings = Settings(model_path=missing)
-    assert serve_cli.unreadable_files(settings) == (
+    assert preflight.unreadable_files(settings) == (
         f"DIPR_MODEL_PATH: cannot read {missing}: No such file or directory"
     )
-    assert serve_cli.unreadable_files(settings, {"model"}).startswith("--model (DIPR_MODEL_PATH)")
-    assert serve_cli.unreadable_files(Settings(detector_path=tmp_path)) == (
+    assert preflight.unreadable_files(settings, {"model"}).startswith("--model (DIPR_MODEL_PATH)")
+    assert preflight.unreadable_files(Settings(detector_path=tmp_path)) == (
         f"DIPR_DETECTOR_PATH: cannot read {tmp_path}: Is a directory"
     )
-    assert serve_cli.unreadable_files(Settings(api_keys_file=missing)).startswith(
+    assert preflight.unreadable_files(Settings(api_keys_file=missing)).startswith(
         "DIPR_API_KEYS_FILE: cannot read"
     )
 
 
 def test_no_detector_file_is_needed_without_detection(tmp_path: Path):
     settings = Settings(detect=False, detector_path=tmp_path / "missing.onnx")
-    assert serve_cli.unreadable_files(settings) is None
-    assert serve_cli.unreadable_files(Settings()) is None  # the committed models
+    assert preflight.unreadable_files(settings) is None
+    assert preflight.unreadable_files(Settings()) is None  # the committed models
 
 
 def test_the_metrics_port_cannot_be_the_api_port():
-    message = serve_cli.unavailable_addresses(Settings(port=8123, metrics_port=8123))
+    message = preflight.unavailable_addresses(Settings(port=8123, metrics_port=8123))
     assert message is not None and "DIPR_METRICS_PORT" in message and "DIPR_PORT" in message
 
 
 def test_an_unknown_host_is_named():
-    message = serve_cli.unavailable_addresses(Settings(host="no-such-host.invalid"))
+    message = preflight.unavailable_addresses(Settings(host="no-such-host.invalid"))
     assert message is not None and message.startswith("DIPR_HOST: cannot resolve")
 
 
@@ -105,7 +105,7 @@ def test_an_unknown_host_is_named():
     ],
 )
 def test_a_gpu_that_onnx_runtime_cannot_use_is_warned_about(provider, available, gpu, warns):
-    message = serve_cli.gpu_unused_message(provider, available, gpu)
+    message = preflight.gpu_unused_message(provider, available, gpu)
     assert (message is not None) == warns
     if warns:
         assert "no CUDA provider" in message and "onnxruntime-gpu" in message
@@ -121,16 +121,16 @@ def nvidia_smi(folder: Path, output: str, status: int = 0) -> None:
 def test_a_gpu_is_visible_in_procfs_or_to_nvidia_smi(tmp_path, monkeypatch):
     proc = tmp_path / "gpus"
     proc.mkdir()
-    monkeypatch.setattr(serve_cli, "NVIDIA_PROC_GPUS", proc)
+    monkeypatch.setattr(preflight, "NVIDIA_PROC_GPUS", proc)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert serve_cli.gpu_visible() is False  # an empty driver folder, no nvidia-smi
+    assert preflight.gpu_visible() is False  # an empty driver folder, no nvidia-smi
     nvidia_smi(tmp_path, "No devices were found", 6)
-    assert serve_cli.gpu_visible() is False
+    assert preflight.gpu_visible() is False
     nvidia_smi(tmp_path, "GPU 0: NVIDIA H200 (UUID: GPU-0)")
-    assert serve_cli.gpu_visible() is True
+    assert preflight.gpu_visible() is True
     (tmp_path / "nvidia-smi").unlink()
     (proc / "0000:01:00.0").mkdir()
-    assert serve_cli.gpu_visible() is True
+    assert preflight.gpu_visible() is True
 
 
 def test_a_missing_export_module_names_the_extra_that_installs_it(monkeypatch):
