@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dipr.service.client import Part, encode_multipart
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -27,24 +29,15 @@ class LoadResult:
 
 
 def multipart_body(name: str, jpeg: bytes, boxes: str | None, folder: Path) -> tuple[Path, str]:
-    """A multipart/form-data body with the JPEG in `image` (and `boxes`), in a file of `folder`,
-    and its content type."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
-        f'filename="{name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-        + jpeg
-        + b"\r\n"
-    ]
+    """A multipart/form-data body with the JPEG in `image` (and `boxes`), in a file of `folder`
+    (hey posts a file), and its content type."""
+    parts = [Part("image", jpeg, name, "image/jpeg")]
     if boxes is not None:
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n'
-            f"{boxes}\r\n".encode()
-        )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    path = folder / f"body-{boundary}.bin"
+        parts.append(Part("boxes", boxes.encode()))
+    body, content_type = encode_multipart(parts)
+    path = folder / f"body-{uuid.uuid4().hex}.bin"
     path.write_bytes(body)
-    return path, f"multipart/form-data; boundary={boundary}"
+    return path, content_type
 
 
 @dataclass

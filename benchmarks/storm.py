@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 from dipr.benchmarks.photos import group_photo
+from dipr.benchmarks.servers import reset_peak_rss, status_kib
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests/fixtures/photos"
@@ -84,14 +85,6 @@ def light_photo(size: tuple[int, int] = LIGHT_SIZE) -> bytes:
     return encoded.tobytes()
 
 
-def status_kib(pid: int, name: str) -> int:
-    """A field of /proc/PID/status in KiB (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1])
-    raise KeyError(name)
-
-
 def available_mib() -> float:
     """MemAvailable of /proc/meminfo, MiB (infinite where it cannot be read)."""
     try:
@@ -101,15 +94,6 @@ def available_mib() -> float:
     except OSError:
         pass
     return float("inf")
-
-
-def reset_peak_rss(pid: int) -> bool:
-    """Reset VmHWM to the current VmRSS; False where the kernel does not let us."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """`dipr eval`: COCO keypoint accuracy of exported ONNX models, run with onnxruntime (CPU)."""
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from dipr.core.coco import DEV_DATA_VARIABLE, dev_data
 from dipr.core.detection import BOX_SOURCES, DEFAULT_MIN_PERSON_SCORE
+from dipr.extras import RUNTIME, missing_extras
 from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
 
 
@@ -77,11 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
-    if importlib.util.find_spec("onnxruntime") is None:
-        return _fail(
-            "ONNX Runtime is not installed: pip install 'dipr[cpu,eval]' ('gpu' instead of 'cpu' "
-            "with an NVIDIA GPU)"
-        )
+    problem = missing_extras({**RUNTIME, "pycocotools": "eval"})
+    if problem is not None:
+        return _fail(problem)
     data: Path = args.data or dev_data()
     annotations: Path = args.annotations or data / "test_coco.json"
     images: Path = args.images or data

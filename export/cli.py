@@ -4,13 +4,13 @@ check it against PyTorch."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dipr.extras import RUNTIME, missing_extras
 from dipr.models.regions import REGIONS
 from dipr.models.registry import (
     DEFAULT_EXPORT_ARCH,
@@ -36,7 +36,7 @@ EXPORT_MODULES = {
     "safetensors": "export",
     "onnx": "export",
     "onnxscript": "export",
-    "onnxruntime": "cpu",
+    **RUNTIME,
 }
 
 
@@ -174,39 +174,9 @@ def _write(
     return network, output
 
 
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
-        return False
-
-
-def missing_extras() -> str | None:
-    """What to install when a module of the export is missing (the serving install has none of
-    them), or None; checked before the export starts rather than met as a traceback in it."""
-    missing = [name for name in EXPORT_MODULES if not _importable(name)]
-    if not missing:
-        return None
-    extras = ",".join(dict.fromkeys(EXPORT_MODULES[name] for name in missing))
-    what = " and ".join(
-        part
-        for part, wanted in (
-            ("the export extra", any(EXPORT_MODULES[name] == "export" for name in missing)),
-            ("an ONNX Runtime", "onnxruntime" in missing),
-        )
-        if wanted
-    )
-    runtime = " ('gpu' instead of 'cpu' with an NVIDIA GPU)" if "cpu" in extras else ""
-    return (
-        f"{what} {'are' if ' and ' in what else 'is'} not installed (no module "
-        f"{', '.join(missing)}): pip install 'dipr[{extras}]'"
-        f"{runtime}; in a checkout: .venv/bin/pip install -e '.[{extras}]'"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """One dispatch on the registry record: a pose model, or a person detector."""
-    problem = missing_extras()
+    problem = missing_extras(EXPORT_MODULES)
     if problem is not None:
         return _fail(problem)
     try:

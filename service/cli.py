@@ -1,7 +1,6 @@
 """`dipr serve`: run the HTTP service with uvicorn (one process per GPU; scale by replicas)."""
 
 import argparse
-import importlib.util
 import logging
 import logging.config
 import os
@@ -9,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dipr.extras import RUNTIME, missing_extras
 from dipr.service.preflight import (
     FLAG_VARIABLES,
     gpu_unused,
@@ -70,12 +70,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(settings_problem(error, flags), BAD_CONFIGURATION)
     except SettingsError as error:  # a value pydantic-settings could not even parse
         return _fail(str(error), BAD_CONFIGURATION)
-    if importlib.util.find_spec("onnxruntime") is None:
-        return _fail(
-            "ONNX Runtime is not installed: pip install 'dipr[cpu]', or 'dipr[gpu]' on a "
-            "machine with an NVIDIA GPU (make serve chooses)",
-            BAD_CONFIGURATION,
-        )
+    problem = missing_extras(RUNTIME)
+    if problem is not None:
+        return _fail(problem, BAD_CONFIGURATION)
     log_config = logging_config(settings.log_format, args.log_level)
     logging.config.dictConfig(log_config)  # uvicorn applies the same again; the warning needs it
     warning = gpu_unused(settings.provider)

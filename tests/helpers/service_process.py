@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from dipr.benchmarks.servers import free_port
+from dipr.benchmarks.servers import free_port, reset_peak_rss, status_kib
 
 
 @dataclass
@@ -35,11 +35,7 @@ class ServiceProcess:
     def reset_peak(self) -> bool:
         """Reset the process's peak resident memory (VmHWM) to its current RSS; False where the
         kernel does not let us (then only VmRSS after the fact can be seen)."""
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return True
+        return reset_peak_rss(self.pid)
 
     def peak_rss_kib(self) -> int:
         """The most resident memory (VmHWM) since start or the last reset_peak, KiB."""
@@ -47,13 +43,6 @@ class ServiceProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from dipr import extras
 from dipr.evaluation import cli as eval_cli
 from dipr.export import cli as export_cli
 from dipr.service import preflight
@@ -135,15 +136,15 @@ def test_a_gpu_is_visible_in_procfs_or_to_nvidia_smi(tmp_path, monkeypatch):
 
 def test_a_missing_export_module_names_the_extra_that_installs_it(monkeypatch):
     gone = {"torch", "onnxruntime"}
-    monkeypatch.setattr(export_cli, "_importable", lambda name: name != "onnx")
-    message = export_cli.missing_extras()
+    monkeypatch.setattr(extras, "importable", lambda name: name != "onnx")
+    message = extras.missing_extras(export_cli.EXPORT_MODULES)
     assert message is not None
     assert "no module onnx" in message and "pip install 'dipr[export]'" in message
-    monkeypatch.setattr(export_cli, "_importable", lambda name: name not in gone)
-    message = export_cli.missing_extras()
+    monkeypatch.setattr(extras, "importable", lambda name: name not in gone)
+    message = extras.missing_extras(export_cli.EXPORT_MODULES)
     assert message is not None and "pip install 'dipr[export,cpu]'" in message
-    monkeypatch.setattr(export_cli, "_importable", lambda name: True)
-    assert export_cli.missing_extras() is None
+    monkeypatch.setattr(extras, "importable", lambda name: True)
+    assert extras.missing_extras(export_cli.EXPORT_MODULES) is None
 
 
 def test_missing_evaluation_data_says_what_it_is_and_how_to_give_it(monkeypatch, tmp_path):
