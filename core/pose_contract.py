@@ -40,7 +40,7 @@ DEBIAS = "debias"  # "true" | "false": whether `keypoints` carries a correction 
 SCORE_MEANING = "score_meaning"
 SOURCE_WEIGHTS = "source_weights"
 SOURCE_SHA256 = "source_weights_sha256"
-PRECISION = "precision"  # "fp32" | "fp16" (backbone; the head is always fp32)
+PRECISION = "precision"  # "fp32" | "fp16" | "int8" (backbone; the head is always fp32)
 # Which correction `keypoints` carries: "paper" (Gu et al.'s closed form, β in C, |Ω| cells),
 # "mmpose" (MMPose's IntegralRegressionHead debias=True: C without β, |Ω| = 1; nearly a no-op)
 # or "none" (then `keypoints` equals `keypoints_raw` and DEBIAS is "false").
@@ -51,6 +51,13 @@ COORDINATES = "coordinates"
 # The head the network was trained with ("paper", "mmpose", "none"), "" when unknown: compare
 # with DEBIAS_MODE to see whether a model is served as it was trained.
 TRAINED_DEBIAS = "trained_debias"
+# "true" when every crop also runs mirrored and the head reads the average of both maps.
+FLIP_TEST = "flip_test"
+# int8 models: how many network inputs calibrated them, and the SHA-256 of those inputs' pixels.
+CALIBRATION_INPUTS = "calibration_inputs"
+CALIBRATION_SHA256 = "calibration_sha256"
+# int8 models: "fp32 → int8" mean OKS on the set that gated the export, and that set's name.
+ACCURACY_GATE = "accuracy_gate"
 METADATA_KEYS = (
     NAME,
     VERSION,
@@ -66,7 +73,7 @@ METADATA_KEYS = (
     SOURCE_SHA256,
     PRECISION,
 )
-OPTIONAL_METADATA_KEYS = (DEBIAS_MODE, COORDINATES, TRAINED_DEBIAS)
+OPTIONAL_METADATA_KEYS = (DEBIAS_MODE, COORDINATES, TRAINED_DEBIAS, FLIP_TEST)
 
 
 @dataclass(frozen=True)
@@ -87,9 +94,18 @@ class ModelInfo:
 
     @property
     def description(self) -> str:
-        """One line for tables: name, β and region."""
+        """One line for tables: name, β, region, and the precision and flip test where they are not
+        the plain fp32 run."""
         window = f" k={self.window}" if self.window else ""
-        return f"{self.name} β={self.beta} {self.region}{window}"
+        precision = self.metadata.get(PRECISION, "fp32")
+        options = "".join(
+            [f" {precision}" if precision != "fp32" else "", " flip" if self.flip_test else ""]
+        )
+        return f"{self.name} β={self.beta} {self.region}{window}{options}"
+
+    @property
+    def flip_test(self) -> bool:
+        return self.metadata.get(FLIP_TEST) == "true"
 
 
 class _Tensor(Protocol):

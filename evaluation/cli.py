@@ -1,16 +1,25 @@
 """`dipr eval`: COCO keypoint accuracy of exported ONNX models, run with onnxruntime (CPU)."""
 
+from __future__ import annotations
+
 import argparse
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dipr.core.coco import DEV_DATA_VARIABLE, dev_data
 from dipr.core.detection import BOX_SOURCES, DEFAULT_MIN_PERSON_SCORE
 from dipr.extras import RUNTIME, missing_extras
 from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
+
+if TYPE_CHECKING:
+    from dipr.core.coco import KeypointSet
+    from dipr.evaluation.coco_eval import Row
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--sweep",
         action="store_true",
         help="export and evaluate every beta x region variant (needs torch)",
+    )
+    models.add_argument(
+        "--variants",
+        action="store_true",
+        help="export and evaluate the default model in fp32, int8, with the flip test, and "
+        "int8 with the flip test, in one table (needs torch)",
     )
     parser.add_argument(
         "--detector",
@@ -86,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None and args.annotations is None and not annotations.is_file():
         return _fail(no_data(annotations))
     if args.detector is not None:
-        if args.sweep or (args.models and len(args.models) > 1):
-            return _fail("--detector takes one pose --model, not --sweep")
+        if args.sweep or args.variants or (args.models and len(args.models) > 1):
+            return _fail("--detector takes one pose --model, not --sweep or --variants")
         if not 0 <= args.min_score <= 1:
             return _fail("--min-score must be between 0 and 1")
         return _detection(args, annotations, images)
@@ -95,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = load_keypoint_set(annotations, images)
         if args.sweep:
             rows = coco_eval.sweep(dataset, args.batch_size, args.verbose, _progress())
+        elif args.variants:
+            rows = _variant_rows(dataset, args, data)
         else:
             rows = [
                 row
@@ -113,6 +130,48 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         coco_eval.write_json(rows, args.json)
     return 0
+
+
+def _variant_rows(dataset: KeypointSet, args: argparse.Namespace, data: Path) -> list[Row]:
+    """The default model's four variants (the int8 ones gated on this same set), the debiased
+    keypoints of each (what the service answers with)."""
+    import tempfile
+
+    from dipr.evaluation import coco_eval
+
+    try:
+        from dipr.export.variants import export_variants
+    except ImportError as error:
+        raise coco_eval.EvaluationError(
+            f"--variants exports models and needs the `export` extra: {error}"
+        ) from error
+    report = _progress()
+    with tempfile.TemporaryDirectory(prefix="dipr-variants-") as folder:
+        with _eval_data_for_export(data):
+            variants = export_variants(Path(folder), report)
+        rows = []
+        for name, path in variants.models.items():
+            for row in coco_eval.evaluate_model(
+                path, dataset, ("debiased",), args.batch_size, args.verbose
+            ):
+                rows.append(replace(row, model=f"{name}: {row.model}", path=""))
+    for name, reason in variants.refused.items():
+        print(f"{name}: not evaluated: {reason}", file=sys.stderr)
+    return rows
+
+
+@contextlib.contextmanager
+def _eval_data_for_export(data: Path) -> Iterator[None]:
+    """The int8 exports gate on the set evaluated here (they read DIPR_DEV_DATA)."""
+    previous = os.environ.get(DEV_DATA_VARIABLE)
+    os.environ[DEV_DATA_VARIABLE] = str(data)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[DEV_DATA_VARIABLE]
+        else:
+            os.environ[DEV_DATA_VARIABLE] = previous
 
 
 def _detection(args: argparse.Namespace, annotations: Path, images: Path) -> int:

@@ -145,7 +145,7 @@ def predict(
     crops: list[Crop] = []
     chunks: list[list[np.ndarray]] = []
     # Streamed batch by batch, so that a full COCO split never sits in memory as crops.
-    for batch in _batches(_crops(dataset, model.input_size), batch_size):
+    for batch in _batches(person_crops(dataset, model.input_size), batch_size):
         crops += [crop for crop, _ in batch]
         inputs = np.stack([pixels for _, pixels in batch])
         chunks.append(session.run(names, {pose_contract.INPUT: inputs}))
@@ -154,7 +154,9 @@ def predict(
     return Predictions(keypoints=keypoints, scores=outputs[pose_contract.SCORES].astype(np.float64))
 
 
-def _crops(dataset: KeypointSet, input_size: tuple[int, int]) -> Iterator[tuple[Crop, np.ndarray]]:
+def person_crops(
+    dataset: KeypointSet, input_size: tuple[int, int]
+) -> Iterator[tuple[Crop, np.ndarray]]:
     """One crop and its network input per person, in order, prepared exactly as the service
     prepares an image with these boxes (persons are grouped by image: each is decoded once)."""
     for image_id, group in itertools.groupby(dataset.persons, key=lambda p: p.image_id):

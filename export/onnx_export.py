@@ -72,6 +72,7 @@ class ExportOptions:
     input_size: tuple[int, int] | None = None  # (width, height), SimpleBaseline only
     debias: DebiasMode | None = None  # None: "paper"
     mmpose_config: str | None = None  # preset name or MMPose config file
+    flip_test: bool = False  # each crop also runs mirrored, the maps averaged before the head
 
     @property
     def architecture(self) -> Architecture:
@@ -112,6 +113,7 @@ def export_request(options: ExportOptions) -> ExportRequest:
         debias=options.debias or arch.debias_modes[0],
         mmpose_config=options.mmpose_config,
         fp16=options.fp16,
+        flip_test=options.flip_test,
     )
 
 
@@ -144,6 +146,7 @@ def _metadata(
         pose_contract.SCORE_MEANING: built.score_meaning,
         pose_contract.SOURCE_WEIGHTS: request.source.name,
         pose_contract.SOURCE_SHA256: hashlib.sha256(request.source.read_bytes()).hexdigest(),
+        pose_contract.FLIP_TEST: "true" if request.flip_test else "false",
     }
 
 

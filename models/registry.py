@@ -66,6 +66,7 @@ class ExportRequest:
     debias: DebiasMode
     mmpose_config: str | None  # preset name or MMPose config file
     fp16: bool
+    flip_test: bool = False  # each crop also runs mirrored, the maps averaged before the head
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,19 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert "ONNX Runtime CPU, DIPR_MAX_BATCH_SIZE=8;" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("body-*.bin"))
+    # The variants (issue #14): the four exported (the int8 ones through their accuracy gate),
+    # each measured alone, the two precisions and int8+flip through the service.
+    variants = json.loads((tmp_path / "variants.json").read_text())
+    assert variants["refused"] == {}
+    rows = {row["variant"]: row for row in variants["rows"]}
+    assert list(rows) == ["fp32", "int8", "flip", "int8+flip"]
+    for name, row in rows.items():
+        assert row["latency_ms"] > 0 and row["images_per_s"] > 0
+        assert (row["service"] is not None) == (name != "flip")
+        if row["service"] is not None:
+            assert row["service"]["errors"] == 0 and row["service"]["requests"] > 0
+    assert "## Variants: fp32, int8, flip test" in table
+    assert "| int8 | " in table and "×)" in table
 
 
 @pytest.mark.skipif(shutil.which("hey") is None, reason="hey (Debian package) is not installed")

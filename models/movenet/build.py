@@ -33,7 +33,7 @@ def build_for_export(arch: Architecture, request: ExportRequest) -> BuiltPose:
     beta = arch.export_beta if request.beta is None else request.beta
     assert beta is not None  # every MoveNet record has an export β
     window = DEFAULT_WINDOW if request.window is None else request.window
-    pose = MoveNetPose(network, beta, request.region, window).eval()
+    pose = MoveNetPose(network, beta, request.region, window, request.flip_test).eval()
     fine_tuned = is_train_checkpoint(request.source)
     return BuiltPose(
         pose=pose,

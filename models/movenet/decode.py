@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from dipr.models.flip import unmirror
 from dipr.models.movenet.network import MoveNet, MoveNetOutputs
 
 
@@ -22,15 +23,66 @@ class Decoded(NamedTuple):
     heatmaps: Tensor  # [N, K, h, w] sigmoid keypoint heatmaps
 
 
+class MoveNetMaps(NamedTuple):
+    """What the decode reads of MoveNet's four heads (stride 4, NCHW, fp32)."""
+
+    heatmaps: Tensor  # [N, K, h, w] sigmoid keypoint heatmaps
+    centres: Tensor  # [N, 1, h, w] sigmoid person-centre heatmap
+    regress: Tensor  # [N, 2K, h, w] (dy, dx) per joint: joint minus person centre, in cells
+    offset: Tensor  # [N, 2K, h, w] (dy, dx) per joint: the peak within its cell, 0..1
+
+
+def maps_of(outputs: MoveNetOutputs) -> MoveNetMaps:
+    return MoveNetMaps(
+        heatmaps=torch.sigmoid(outputs.heatmap_logits),
+        centres=torch.sigmoid(outputs.center_logits),
+        regress=outputs.regress,
+        offset=outputs.offset,
+    )
+
+
+def flip_averaged(maps: MoveNetMaps, count: int, joints: tuple[int, ...]) -> MoveNetMaps:
+    """Maps of `count` crops followed by their mirrors (`dipr.models.flip.with_mirrors`) → each
+    crop's maps averaged with its mirror's brought back: joints swapped (`joints[k]` is joint k's
+    mirror image), columns reversed, and the x components mirrored too: a regression dx → −dx,
+    an offset dx → 1 − dx (cell j' + dx' mirrors to cell (w − 1 − j') + 1 − dx'). MoveNet's cells
+    cover 4×4 pixels, so a reversed map needs no grid shift (`flip.grid_shift` is 0). Decode it
+    with `symmetric_prior`: the published centre prior peaks at cell 32 of 64, half a cell right
+    of the crop's centre, so with it a mirrored photo could pick another person centre."""
+    pairs = tuple(2 * joint + axis for joint in joints for axis in (0, 1))
+    own = MoveNetMaps(*(m[:count] for m in maps))
+    mirror = MoveNetMaps(*(m[count:] for m in maps))
+    is_dx = torch.tensor([0.0, 1.0] * len(joints), device=maps.offset.device).view(1, -1, 1, 1)
+
+    def mean(crop: Tensor, mirrored: Tensor, channels: tuple[int, ...] | None = None) -> Tensor:
+        return (crop + unmirror(mirrored, 0, channels)) / 2
+
+    return MoveNetMaps(
+        heatmaps=mean(own.heatmaps, mirror.heatmaps, joints),
+        centres=mean(own.centres, mirror.centres),
+        regress=mean(own.regress, mirror.regress * (1 - 2 * is_dx), pairs),
+        offset=mean(own.offset, mirror.offset * (1 - 2 * is_dx) + is_dx, pairs),
+    )
+
+
+def symmetric_prior(model: MoveNet) -> Tensor:
+    """The centre prior averaged with its mirror image (see `flip_averaged`)."""
+    return (model.center_prior + model.center_prior.flip(1)) / 2
+
+
 def _gather_cells(maps: Tensor, flat_index: Tensor) -> Tensor:
     """maps [N, C, h, w], flat_index [N, C] → the value of each channel at its own index, [N, C]."""
     return maps.flatten(2).gather(2, flat_index.unsqueeze(2)).squeeze(2)
 
 
-def official_decode(model: MoveNet, outputs: MoveNetOutputs) -> Decoded:
-    heatmaps = torch.sigmoid(outputs.heatmap_logits)
+def official_decode(
+    model: MoveNet, outputs: MoveNetMaps, centre_prior: Tensor | None = None
+) -> Decoded:
+    """`centre_prior` replaces the network's own (the flip test's is mirror-symmetric)."""
+    heatmaps = outputs.heatmaps
     n, k, h, w = heatmaps.shape
-    centre = torch.sigmoid(outputs.center_logits[:, 0]) * model.center_prior
+    prior = model.center_prior if centre_prior is None else centre_prior
+    centre = outputs.centres[:, 0] * prior
     centre_index = centre.flatten(1).argmax(dim=1)  # [N]
     centre_y = torch.div(centre_index, w, rounding_mode="floor")
     centre_x = centre_index - centre_y * w

@@ -1,6 +1,7 @@
 """The deployable MoveNet: uint8 RGB images in, debiased keypoints in input pixels out.
 
     image uint8 [N, H, W, 3] → float NCHW → MoveNet (normalises inside) → sigmoid heatmaps
+      (flip test: the crops and their mirrors in one batch, maps averaged, `dipr.models.flip`)
       → region Ω per joint → soft-argmax debiased over Ω (fp32) → input pixels
 
 Regions:
@@ -25,9 +26,11 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from dipr.core.keypoints import flip_permutation
 from dipr.models.coordinates import heatmap_to_input_pixels, normalized_to_input_pixels
 from dipr.models.debias import integral_estimate
-from dipr.models.movenet.decode import official_decode
+from dipr.models.flip import with_mirrors
+from dipr.models.movenet.decode import flip_averaged, maps_of, official_decode, symmetric_prior
 from dipr.models.movenet.network import MoveNet, MoveNetOutputs
 from dipr.models.movenet.variants import STRIDE
 from dipr.models.regions import REGIONS, Region
@@ -44,7 +47,12 @@ class MoveNetPose(nn.Module):
     output_names: tuple[str, ...] = PoseOutputs._fields
 
     def __init__(
-        self, network: MoveNet, beta: float, region: Region = "person", window: int = 7
+        self,
+        network: MoveNet,
+        beta: float,
+        region: Region = "person",
+        window: int = 7,
+        flip_test: bool = False,
     ) -> None:
         super().__init__()
         if region not in REGIONS:
@@ -55,6 +63,7 @@ class MoveNetPose(nn.Module):
         self.beta = float(beta)
         self.region = region
         self.window = window if region != "global" else None
+        self.flip_test = flip_test
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -66,9 +75,16 @@ class MoveNetPose(nn.Module):
         dtype = self.network.input_scale.dtype  # fp16 when the backbone was exported in fp16
         # Cast first: TensorRT takes a uint8 input only straight into a Cast (then the layout).
         pixels = image.to(dtype).permute(0, 3, 1, 2)
+        count = pixels.shape[0]
+        if self.flip_test:
+            pixels = with_mirrors(pixels)
         # The head always runs in fp32: a softmax over β·H in fp16 overflows near β·H ≈ 11.
-        heads = MoveNetOutputs(*(t.float() for t in self.network(pixels)))
-        decoded = official_decode(self.network, heads)
+        maps = maps_of(MoveNetOutputs(*(t.float() for t in self.network(pixels))))
+        prior = None
+        if self.flip_test:
+            maps = flip_averaged(maps, count, flip_permutation())
+            prior = symmetric_prior(self.network)
+        decoded = official_decode(self.network, maps, prior)
         centers = decoded.cells if self.region == "person" else None
         estimate = integral_estimate(decoded.heatmaps, self.beta, self.window, centers)
         return PoseOutputs(

@@ -49,7 +49,9 @@ def build_for_export(arch: Architecture, request: ExportRequest) -> BuiltPose:
             "file) or --beta (1 for ipr_res50 and ipr_res50_dsnt, 10 for ipr_res50_debias)"
         )
     network = loaded.network.half() if request.fp16 else loaded.network
-    pose = SimpleBaselinePose(network, size, beta, request.debias, loaded.coordinates).eval()
+    pose = SimpleBaselinePose(
+        network, size, beta, request.debias, loaded.coordinates, request.flip_test
+    ).eval()
     return BuiltPose(
         pose=pose,
         input_size=size,

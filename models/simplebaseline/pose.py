@@ -1,6 +1,7 @@
 """The deployable SimpleBaseline: uint8 RGB images in, keypoints in input pixels out.
 
     image uint8 [N, H, W, 3] → float NCHW → SimpleBaseline (normalises inside) → logits
+      (flip test: the crops and their mirrors in one batch, logits averaged, `dipr.models.flip`)
       → integral head per debias mode, fp32 (`heads.integral_head`) → input pixels
 
 Outputs, all float32 (the dipr ONNX contract, `dipr.core.pose_contract`; no `keypoints_official`):
@@ -19,7 +20,9 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from dipr.core.keypoints import flip_permutation
 from dipr.models.coordinates import heatmap_to_input_pixels, mmpose_heatmap_to_input_pixels
+from dipr.models.flip import average_with_mirrors, grid_shift, with_mirrors
 from dipr.models.simplebaseline.heads import integral_head
 from dipr.models.simplebaseline.network import SimpleBaseline
 from dipr.models.simplebaseline.variants import (
@@ -54,6 +57,7 @@ class SimpleBaselinePose(nn.Module):
         beta: float,
         debias: DebiasMode = "paper",
         coordinates: Coordinates = "dipr",
+        flip_test: bool = False,
     ) -> None:
         super().__init__()
         check_input_size(input_size)
@@ -68,12 +72,25 @@ class SimpleBaselinePose(nn.Module):
         self.beta = float(beta)
         self.debias = debias
         self.coordinates = coordinates
+        self.flip_test = flip_test
+        # MMPose's maps sit one cell off their mirror's (`dipr.models.flip`).
+        self.flip_shift = grid_shift(
+            input_size[0] // STRIDE, input_size[0], lambda c: to_input_pixels(c, coordinates)
+        )
 
     def forward(self, image: Tensor) -> SimpleBaselineOutputs:
         dtype = self.network.input_mean.dtype  # fp16 when the backbone was exported in fp16
         # Cast first: TensorRT takes a uint8 input only straight into a Cast (then the layout).
         pixels = image.to(dtype).permute(0, 3, 1, 2)
-        head = integral_head(self.network(pixels), self.beta, self.debias)
+        count = pixels.shape[0]
+        if self.flip_test:
+            pixels = with_mirrors(pixels)
+        logits = self.network(pixels)
+        if self.flip_test:
+            logits = average_with_mirrors(
+                logits.float(), count, self.flip_shift, flip_permutation()
+            )
+        head = integral_head(logits, self.beta, self.debias)
         return SimpleBaselineOutputs(
             keypoints=to_input_pixels(head.keypoints, self.coordinates),
             scores=head.scores,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dipr.models.movenet.decode import official_decode
+from dipr.models.movenet.decode import maps_of, official_decode
 from dipr.models.movenet.network import MoveNet
 from dipr.models.movenet.weights import load_movenet
 from tests.helpers.paths import GOLDEN
@@ -30,7 +30,7 @@ def run_case(variant: str, photo: str) -> tuple[dict[str, np.ndarray], dict[str,
     pixels = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         heads = model(pixels)
-        decoded = official_decode(model, heads)
+        decoded = official_decode(model, maps_of(heads))
     ours = {
         "heatmap": decoded.heatmaps.permute(0, 2, 3, 1).numpy(),
         "center": torch.sigmoid(heads.center_logits).permute(0, 2, 3, 1).numpy(),
