@@ -35,7 +35,7 @@ SERVE_FLAGS := $(strip $(if $(filter command line,$(origin HOST)),--host $(HOST)
 TEST_COMMANDS := promtool:prometheus npm:nodejs,npm nginx:nginx docker-compose:docker-compose \
 	hey:hey
 
-.PHONY: test test-fast lint serve bench model detector weights eval eval-sweep clean \
+.PHONY: test test-fast lint serve bench gpu-check model detector weights eval eval-sweep clean \
 	system-packages
 
 # Shell: the Debian packages of the COMMAND:PACKAGE pairs in $(1) whose command is missing,
@@ -105,6 +105,14 @@ bench: $(DEV_STAMP)
 	@$(call debian_packages,hey:hey)
 	$(BIN)/dipr bench --out bench-results
 
+# Issue #16's GPU check, under 8 minutes: CUDA placement, fp16/fp32 keypoint parity on the GPU,
+# session.run / IOBinding / CUDA graphs by batch size, the service under load; writes
+# bench-results/gpu-check.json and gpu-check.md. Needs an NVIDIA GPU and onnxruntime-gpu (ORT=gpu;
+# chosen by itself where nvidia-smi sees a GPU); elsewhere it says so and exits 2.
+gpu-check: $(DEV_STAMP)
+	@$(call debian_packages,hey:hey)
+	$(BIN)/python -m dipr.benchmarks.gpu_check --out bench-results
+
 test: system-packages $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
@@ -129,10 +137,12 @@ model: $(DEV_STAMP)
 detector: $(DEV_STAMP)
 	$(BIN)/dipr export --arch movenet-multipose
 
-# With ground-truth boxes, then without them, through the detector, as the service runs.
+# With ground-truth boxes, then without them, through the detector, as the service runs; then the
+# default model in fp32, int8, with the flip test, and int8 with it (exported on the spot).
 eval: $(DEV_STAMP)
 	$(BIN)/dipr eval
 	$(BIN)/dipr eval --detector
+	$(BIN)/dipr eval --variants
 
 eval-sweep: $(DEV_STAMP)
 	$(BIN)/dipr eval --sweep

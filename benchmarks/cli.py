@@ -5,9 +5,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from dipr.extras import missing_extras
 from dipr.models.registry import DEFAULT_DETECTOR_ONNX, DEFAULT_ONNX
 
 REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT_BOX = (17.3, 11.4, 361.3, 508.7)  # the default photo's person, x1 y1 x2 y2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +46,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="short stages and fewer points (a smoke run, not figures)",
     )
     parser.add_argument(
+        "--frontend",
+        action="store_true",
+        help="only the front end's own cost (issue #16): the service with a null model, its CPU "
+        "per request against decode + warp, --workers 1 and 2 (a section of bench.md otherwise)",
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="only the default model's variants (issue #14): fp32, int8, flip, int8+flip with "
+        "ONNX Runtime alone, fp32 and int8 through the service (a section of bench.md otherwise; "
+        "exports them: needs the dev set for the int8 accuracy gate)",
+    )
+    parser.add_argument(
         "--storm",
         action="store_true",
         help="instead: the storm of issue #15 (8 clients posting 16 images of 7000×7000 each, "
@@ -66,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
     if shutil.which("hey") is None:
         print("dipr bench: error: needs `hey` (Debian package hey)", file=sys.stderr)
         return 1
+    problem = missing_extras({"onnx": "export"})  # the null model is written with onnx
+    if problem is not None:
+        print(f"dipr bench: error: {problem}", file=sys.stderr)
+        return 1
+    if args.variants or args.frontend:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.variants:
+        return _section_only(args, "variants", run_variants_bench(args, service_env))
+    if args.frontend:
+        return _section_only(args, "frontend", run_frontend_bench(args, service_env))
     config = BenchConfig(
         model=args.model,
         photo=args.photo,
@@ -85,14 +110,61 @@ def run(args: argparse.Namespace) -> int:
         print(f"dipr bench: error: {error}", file=sys.stderr)
         return 1
     (args.out / "bench.json").write_text(report_json(report))
-    table = markdown(report)
+    table = "\n".join(
+        [
+            markdown(report),
+            run_frontend_bench(args, service_env),
+            run_variants_bench(args, service_env),
+        ]
+    )
     (args.out / "bench.md").write_text(table)
     plot(report, args.out / "bench.png")
     for leftover in args.out.glob("body-*.bin"):
         leftover.unlink()
     print(table)
-    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png, frontend.json, variants.json")
     return 0
+
+
+def _section_only(args: argparse.Namespace, name: str, section: str) -> int:
+    """One section of the bench run alone: printed, and written as NAME.md beside NAME.json."""
+    (args.out / f"{name}.md").write_text(section)
+    print(section)
+    print(f"wrote {args.out}/{name}.json, {name}.md")
+    return 0
+
+
+def run_frontend_bench(args: argparse.Namespace, service_env: dict[str, str]) -> str:
+    """The front end's table (`benchmarks/frontend.py`) as a Markdown section; its figures in
+    frontend.json."""
+    from dipr.benchmarks.frontend import FrontendConfig, markdown, report_json, run_frontend
+
+    config = FrontendConfig(photo=args.photo, reference_model=args.model, service_env=service_env)
+    if args.quick:
+        config.rounds, config.slice_seconds, config.floor_iterations = 1, 1.5, 30
+    report = run_frontend(config)
+    (args.out / "frontend.json").write_text(report_json(report))
+    return "## Front end (null model)\n\n" + markdown(report)
+
+
+def run_variants_bench(args: argparse.Namespace, service_env: dict[str, str]) -> str:
+    """The variants' table (`benchmarks/variants.py`) as a Markdown section; figures in
+    variants.json. The photo's person box is the astronaut's unless --photo changed the photo."""
+    import cv2
+
+    from dipr.benchmarks.variants import VariantsConfig, markdown, report_json, run_variants
+
+    if args.photo.name == "astronaut.jpg":
+        box = list(ASTRONAUT_BOX)
+    else:
+        height, width = cv2.imread(str(args.photo)).shape[:2]
+        box = [0.0, 0.0, float(width), float(height)]
+    config = VariantsConfig(photo=args.photo, box=box, service_env=service_env)
+    if args.quick:
+        config.rounds, config.slice_seconds = 1, 1.5
+    report = run_variants(config)
+    (args.out / "variants.json").write_text(report_json(report))
+    return "## Variants: fp32, int8, flip test\n\n" + markdown(report)
 
 
 def run_storm_bench(args: argparse.Namespace, service_env: dict[str, str]) -> int:

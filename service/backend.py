@@ -4,6 +4,7 @@ run batches."""
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,17 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
+# ONNX tensor types → numpy, for the OrtValues allocated ahead of time.
+NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
 
 
 class Described(Protocol):
@@ -83,12 +95,16 @@ def warm_up_sizes(largest: int) -> list[int]:
     return sorted({*sizes, largest})
 
 
+def _unoptimised() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 def _input_size(path: Path, describe: Describe[Info]) -> tuple[int, int]:
     """The model's input size alone, from an unoptimised CPU session (TensorRT's options need it
     before the real session exists)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return describe(ort.InferenceSession(str(path), options, providers=[CPU])).input_size
+    return describe(ort.InferenceSession(str(path), _unoptimised(), providers=[CPU])).input_size
 
 
 def _providers(
@@ -127,6 +143,86 @@ def session_options(intra_op_threads: int, gpu: bool = False) -> ort.SessionOpti
     return options
 
 
+def fixed_batch_session(
+    path: Path,
+    batch_size: int,
+    providers: list[str | tuple[str, dict[str, object]]],
+    options: ort.SessionOptions,
+) -> ort.InferenceSession:
+    """A session of the model for one batch size: the batch dimension fixed by name, so that
+    every shape in the graph is static (ONNX Runtime then folds the shape arithmetic away, and
+    a CUDA graph, which replays fixed shapes, can be captured)."""
+    probe = ort.InferenceSession(str(path), _unoptimised(), providers=[CPU])
+    batch_dimension = probe.get_inputs()[0].shape[0]
+    if isinstance(batch_dimension, str):
+        options.add_free_dimension_override_by_name(batch_dimension, batch_size)
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def cuda_graph_providers(device_id: int) -> list[str | tuple[str, dict[str, object]]]:
+    """CUDA with graph capture: every Run() after the first ones replays the captured kernels
+    (ONNX Runtime's constraints: all nodes on CUDA, fixed shapes, inputs and outputs bound at
+    fixed device addresses, one thread at a time per session)."""
+    return [(CUDA, {"device_id": device_id, "enable_cuda_graph": "1"}), CPU]
+
+
+class ResidentBatch:
+    """One batch size's input and outputs allocated once, on the device the session runs on, and
+    bound once: a batch costs one host→device copy of the input into the same memory
+    (`update_inplace`), the run, and one device→host copy of the outputs. Fixed addresses are
+    also what a CUDA graph replays. One batch at a time: `run` returns None when busy."""
+
+    def __init__(
+        self, session: ort.InferenceSession, batch_size: int, device: str, device_id: int = 0
+    ) -> None:
+        self.session = session
+        self.batch_size = batch_size
+        (model_input,) = session.get_inputs()
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(
+            self._shape(model_input), NUMPY_TYPES[model_input.type], device, device_id
+        )
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(model_input.name, self.input)
+        self.output_names = [output.name for output in session.get_outputs()]
+        # Kept referenced: the binding holds the addresses, these objects own the memory.
+        self.outputs = [
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                self._shape(output), NUMPY_TYPES[output.type], device, device_id
+            )
+            for output in session.get_outputs()
+        ]
+        for name, value in zip(self.output_names, self.outputs, strict=True):
+            self.binding.bind_ortvalue_output(name, value)
+        self._busy = threading.Lock()
+
+    def _shape(self, argument: ort.NodeArg) -> list[int]:
+        """The argument's shape at this batch size: the leading dimension is the batch; any
+        other dimension must be fixed, else nothing can be allocated ahead of time."""
+        shape = [self.batch_size, *argument.shape[1:]]
+        if not all(isinstance(size, int) for size in shape):
+            raise ValueError(f"{argument.name} has a dynamic dimension besides the batch: {shape}")
+        return shape
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray] | None:
+        """batch: exactly `batch_size` rows → every output (host copies), or None if another
+        thread is running this batch size now."""
+        if not self._busy.acquire(blocking=False):
+            return None
+        try:
+            self.input.update_inplace(np.ascontiguousarray(batch))
+            # The copy into device memory may still be in flight on another CUDA stream than
+            # the session's: the device waits for it before the run, and for the run before
+            # the outputs are read (both no-ops on the CPU).
+            self.binding.synchronize_inputs()
+            self.session.run_with_iobinding(self.binding)
+            self.binding.synchronize_outputs()
+            # Copies: the bound memory is overwritten by the next batch.
+            values = [np.array(value) for value in self.binding.copy_outputs_to_cpu()]
+        finally:
+            self._busy.release()
+        return dict(zip(self.output_names, values, strict=True))
+
+
 class OnnxBackend(Generic[Info]):
     """One model in ONNX Runtime; `describe` is its contract's reader and checker (the pose
     model's by default), whose description becomes `info`."""
@@ -139,10 +235,13 @@ class OnnxBackend(Generic[Info]):
         intra_op_threads: int = 0,
         tensorrt: TensorrtOptions | None = None,
         describe: Describe[Info] = pose_contract.describe,  # type: ignore[assignment]
+        cuda_graphs: bool = False,
     ) -> None:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         self._path = path
+        self._device_id = device_id
+        self._intra_op_threads = intra_op_threads
         try:
             providers = _providers(provider, path, device_id, tensorrt, describe)
             wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
@@ -179,6 +278,13 @@ class OnnxBackend(Generic[Info]):
         # stall it; padded to a warmed size, no new shape ever runs. Empty: no padding (CPU,
         # whose cost grows with every row).
         self.batch_buckets: tuple[int, ...] = ()
+        # Where inputs and outputs of the warmed batch sizes live between batches (ONNX
+        # Runtime's device name), or None: plain `run` (CPU, where binding would copy the same).
+        self.io_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
+        self.cuda_graphs = cuda_graphs and self.provider == CUDA
+        if cuda_graphs and not self.cuda_graphs:
+            log.warning("CUDA graphs are for the CUDA provider: not used on %s", self.provider)
+        self._resident: dict[int, ResidentBatch] = {}
 
     def add_alongside_session(self, threads: int) -> None:
         """CPU: a second session of the same model with `threads` intra-op threads, for batches
@@ -200,16 +306,13 @@ class OnnxBackend(Generic[Info]):
         return self._infer_rows(batch)
 
     def _infer_rows(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.provider in GPU_PROVIDERS:
-            # IOBinding: one host→device copy of the input and device→host of the outputs,
-            # without Run()'s intermediate staging.
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(pose_contract.INPUT, np.ascontiguousarray(batch))
-            for name in self._outputs:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            values = binding.copy_outputs_to_cpu()
-            return dict(zip(self._outputs, values, strict=True))
+        resident = self._resident.get(len(batch))
+        if resident is not None:
+            outputs = resident.run(batch)
+            if outputs is not None:
+                return outputs
+        # A size that was not warmed, or its buffers busy with another worker's batch: `run`
+        # copies the input to the device and the outputs back itself.
         return self._run(self.session, batch)
 
     @property
@@ -241,8 +344,36 @@ class OnnxBackend(Generic[Info]):
         width, height = self.info.input_size
         for size in batch_sizes:
             self.infer(np.zeros((size, height, width, 3), np.uint8))
-        if self.provider in GPU_PROVIDERS:
+        if self.io_device is not None:
             self.batch_buckets = tuple(sorted(batch_sizes))
+            self._keep_resident(self.io_device, self.batch_buckets)
         if self._alongside is not None:
             for size in sorted({min(size, alongside_batch_size) for size in batch_sizes} - {0}):
                 self.infer_alongside(np.zeros((size, height, width, 3), np.uint8))
+
+    def _keep_resident(self, device: str, batch_sizes: tuple[int, ...]) -> None:
+        """Inputs and outputs of every warmed batch size allocated on `device` once, each run
+        once (with CUDA graphs: on a session of its own, which the runs capture)."""
+        width, height = self.info.input_size
+        resident = {}
+        for size in batch_sizes:
+            zeros = np.zeros((size, height, width, 3), np.uint8)
+            if not self.cuda_graphs:
+                resident[size] = ResidentBatch(self.session, size, device, self._device_id)
+                resident[size].run(zeros)
+                continue
+            try:
+                options = session_options(self._intra_op_threads, gpu=True)
+                providers = cuda_graph_providers(self._device_id)
+                session = fixed_batch_session(self._path, size, providers, options)
+                resident[size] = ResidentBatch(session, size, device, self._device_id)
+                # ONNX Runtime captures the graph after its first regular run(s): a few runs
+                # here, so that no request pays for the capture.
+                for _ in range(3):
+                    resident[size].run(zeros)
+            except Exception as error:  # e.g. a node left on the CPU: nothing to capture
+                raise ModelError(
+                    f"DIPR_CUDA_GRAPHS: onnxruntime cannot run {self._path} at batch {size} "
+                    f"as a CUDA graph: {error}"
+                ) from error
+        self._resident = resident  # whole, at once: batches may already be running

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from dipr.core.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from dipr.service.crop_submitter import CropSubmitter
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -84,6 +85,13 @@ class _Job:
                 self.future.set_result(result or {})
 
         self.loop.call_soon_threadsafe(apply)
+
+
+def _expire(future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceeded("the request's deadline passed before inference finished")
+        )
 
 
 class CropTime:
@@ -157,7 +165,7 @@ class Occupancy:
             self._running -= 1
 
 
-class Batcher:
+class Batcher(CropSubmitter):
     def __init__(
         self,
         infer: InferFn,
@@ -241,15 +249,15 @@ class Batcher:
             self._queue.extend((job, i) for i in range(len(crops)))
             self._observer.queue_depth(len(self._queue))
             self._cond.notify()
+        # The deadline as a timer on the job's own future, not asyncio.wait_for (a waiter future,
+        # a callback and a timer per call, on the event loop's thread: issue #16).
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, job.future)
         try:
-            return await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "the request's deadline passed before inference finished"
-            ) from None
+            return await job.future
         finally:
             # Answered, timed out or cancelled (the request's own deadline, a client gone):
             # crops not yet run are skipped.
+            timer.cancel()
             job.closed = True
 
     def _take_batch(self) -> tuple[list[tuple[_Job, int]], bool] | None:

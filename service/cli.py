@@ -1,12 +1,15 @@
-"""`dipr serve`: run the HTTP service with uvicorn (one process per GPU; scale by replicas)."""
+"""`dipr serve`: run the HTTP service with uvicorn (one process per GPU, or front-end processes
+feeding one inference process: DIPR_FRONTEND_PROCESSES; scale by replicas)."""
 
 import argparse
 import logging
 import logging.config
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dipr.extras import RUNTIME, missing_extras
 from dipr.service.preflight import (
@@ -21,6 +24,9 @@ from dipr.service.preflight import (
 # that can never work (as argparse's usage errors), or an address someone else holds right now.
 BAD_CONFIGURATION = 2
 ADDRESS_UNAVAILABLE = 1
+
+if TYPE_CHECKING:
+    from dipr.service.settings import Settings
 
 log = logging.getLogger("dipr.service")
 
@@ -49,7 +55,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -84,9 +89,36 @@ def run(args: argparse.Namespace) -> int:
     problem = unavailable_addresses(settings, flags)
     if problem is not None:
         return _fail(problem, ADDRESS_UNAVAILABLE)
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if settings.frontend_processes > 0:
+        if args.workers > 1:
+            return _fail(
+                "--workers and DIPR_FRONTEND_PROCESSES both ask for several processes: "
+                "with front-end processes, set only DIPR_FRONTEND_PROCESSES",
+                BAD_CONFIGURATION,
+            )
+        if settings.inference_socket is not None:
+            return _fail(
+                "DIPR_INFERENCE_SOCKET is dipr serve's own, for its front-end processes: unset it",
+                BAD_CONFIGURATION,
+            )
+    if (
+        args.workers > 1 or settings.frontend_processes > 0
+    ) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Must be set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dipr-metrics-")
+    if settings.metrics_port is not None and (args.workers > 1 or settings.frontend_processes > 1):
+        # One port cannot be opened by several processes: this one serves their sum.
+        os.environ["DIPR_METRICS_PORT_SUPERVISED"] = "true"
+        from dipr.service.metrics import supervised_metrics
+
+        with supervised_metrics(settings.metrics_port, settings.host):
+            return _run_servers(args, settings, log_config)
+    return _run_servers(args, settings, log_config)
+
+
+def _run_servers(args: argparse.Namespace, settings: "Settings", log_config: Any) -> int:
+    import uvicorn
+
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -98,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         # (DIPR_CLIENT_TIMEOUT_S); by import string, so that spawned workers load it too.
         "http": "dipr.service.http.connections:WatchedHttpProtocol",
     }
+    if settings.frontend_processes > 0:
+        return _serve_frontends(settings, args.log_level, common)
     if args.workers > 1:
         # uvicorn's supervisor runs the workers: plain shutdown, no drain delay.
         factory = "dipr.service.http.app:create_app"
@@ -112,6 +146,40 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.Config(app, **common), app.state.runtime.begin_drain, settings.drain_delay_s
     )
     server.run()
+    return 0
+
+
+def _serve_frontends(settings: "Settings", log_level: str, common: dict[str, Any]) -> int:
+    """The front-end layout: one inference process holds the models; DIPR_FRONTEND_PROCESSES
+    uvicorn processes serve HTTP, decode and crop, and hand it their crops (shared memory)."""
+    import uvicorn
+
+    from dipr.service.inference_supervisor import InferenceSupervisor
+
+    folder = Path(tempfile.mkdtemp(prefix="dipr-inference-"))  # 0700: our user's alone
+    socket_path = folder / "socket"
+    inference = InferenceSupervisor(socket_path, log_level)
+    inference.start()
+    # Read by the front-ends' settings: each connects there instead of loading the models.
+    os.environ["DIPR_INFERENCE_SOCKET"] = str(socket_path)
+    try:
+        if settings.frontend_processes == 1:
+            from dipr.service.http.app import create_app
+            from dipr.service.server import DrainingServer
+            from dipr.service.settings import Settings
+
+            app = create_app(Settings())
+            server = DrainingServer(
+                uvicorn.Config(app, **common), app.state.runtime.begin_drain, settings.drain_delay_s
+            )
+            server.run()
+        else:
+            # uvicorn's supervisor runs the front-ends: plain shutdown, no drain delay.
+            factory = "dipr.service.http.app:create_app"
+            uvicorn.run(factory, factory=True, workers=settings.frontend_processes, **common)
+    finally:
+        inference.stop(settings.shutdown_grace_s)
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -6,7 +6,9 @@ No `_created` series: one more series for each label set of every counter and hi
 nothing here reads (the multiprocess collector never writes them).
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 disable_created_metrics()  # process-wide, read at every collection
@@ -169,6 +172,10 @@ class ServiceMetrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        # Labelled children, looked up once: `labels()` takes a lock and builds its key on every
+        # call, several times per request (the label values are few: routes, statuses, stages).
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._stage_children: dict[str, Histogram] = {}
         if multi:
             # Serve the aggregate of every worker's files, not this process's own values.
             self.exposition_registry = CollectorRegistry()
@@ -178,8 +185,17 @@ class ServiceMetrics:
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered request: counted by its status, timed by its status class."""
-        self.requests.labels(method, route, str(status)).inc()
-        self.request_duration.labels(route, status_class(status)).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.request_duration.labels(route, status_class(status)),
+            )
+            self._request_children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.exposition_registry), CONTENT_TYPE_LATEST
@@ -189,7 +205,10 @@ class ServiceMetrics:
 
     # StageObserver
     def stage_done(self, stage: str, seconds: float) -> None:
-        self.stage_duration.labels(stage).observe(seconds)
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.stage_duration.labels(stage)
+        child.observe(seconds)
 
     # BudgetObserver
     def in_flight(self, lane: str, megapixels: float) -> None:
@@ -214,3 +233,18 @@ class BatcherMetrics:
 
     def queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)
+
+
+@contextlib.contextmanager
+def supervised_metrics(port: int, host: str) -> Iterator[None]:
+    """DIPR_METRICS_PORT served by the process that supervises several serving processes (they
+    leave it alone: DIPR_METRICS_PORT_SUPERVISED): the sum of every process's files in
+    PROMETHEUS_MULTIPROC_DIR, as /metrics on the API port gives it."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    server, _ = start_http_server(port, host, registry)
+    try:
+        yield
+    finally:
+        server.shutdown()
+

@@ -189,6 +189,9 @@ class Pipeline:
     ) -> None:
         admission = works[0].admission if works else None
         queue.light = admission is not None and admission.lane == "light"
+        if len(works) == 1:  # the common request: awaited as is, no task to create and gather
+            await queue.run(partial(self._run_all, stages, works[0]))
+            return
         tasks = [asyncio.ensure_future(queue.run(partial(self._run_all, stages, w))) for w in works]
         try:
             await asyncio.gather(*tasks)

@@ -1,11 +1,12 @@
 """The service's work, assembled from the settings: the one object the HTTP layer is handed.
 
-`Runtime.load` builds the ONNX Runtime backends (the pose model and, unless detection is off,
-the person detector), one batcher each, the decode budget, the threads for CPU work and the
-pipeline of stages (admit → decode → letterbox → crop → detect → crop → pose → back to image
-pixels), warms both models up and only then reports ready. The HTTP layer calls `estimate` and
-reads `model`, `detector`, `provider` and `readiness()`; it never sees a session, a batcher or a
-stage.
+`Runtime.load` gets the models (`LocalInference`: the pose model and, unless detection is off,
+the person detector, one batcher each, warmed up; or, in a front-end process of the front-end
+layout, `RemoteInference`: the same models in the inference process, fed through shared memory),
+the decode budget, the threads for CPU work and the pipeline of stages (admit → decode →
+letterbox → crop → detect → crop → pose → back to image pixels), and only then reports ready.
+The HTTP layer calls `estimate` and reads `model`, `detector`, `provider` and `readiness()`; it
+never sees a session, a batcher or a stage.
 """
 
 import asyncio
@@ -14,21 +15,15 @@ import os
 import time
 from collections.abc import Sequence
 
-from dipr.core import detector_contract
 from dipr.core.detector_contract import DetectorInfo
-from dipr.core.errors import DeadlineExceeded, InvalidInput, ModelError, NotReady, Overloaded
+from dipr.core.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded
 from dipr.core.pose_contract import ModelInfo
 from dipr.service.admission import DecodeBudget
-from dipr.service.backend import (
-    OnnxBackend,
-    ProviderUnavailable,
-    TensorrtOptions,
-    warm_up_sizes,
-)
-from dipr.service.batcher import Batcher, Occupancy
 from dipr.service.fair_pool import FairPool
+from dipr.service.inference import LocalInference
 from dipr.service.metrics import ServiceMetrics
 from dipr.service.pipeline import ImageInput, ImagePoses, Pipeline, PoseOptions, Stage
+from dipr.service.remote_inference import RemoteInference
 from dipr.service.settings import Settings
 from dipr.service.stages.admit import AdmitStage
 from dipr.service.stages.crop import CropStage
@@ -53,54 +48,56 @@ class Runtime:
         self.model: ModelInfo | None = None
         self.detector: DetectorInfo | None = None
         self.provider: str | None = None
-        self._batchers: list[Batcher] = []
-        # Both models' batches run on the same cores: a batch is alone only if no batch of
-        # either model runs.
-        self._occupancy = Occupancy()
+        self._inference: LocalInference | RemoteInference | None = None
         self._pipeline: Pipeline | None = None
         self._pool: FairPool | None = None
         self._not_ready: str | None = "loading the models"
 
     def load(self) -> None:
         """Load the models, warm them up, start batching; blocking (run it off the event loop).
-        A model or provider that cannot serve leaves the runtime unready, with the reason."""
-        try:
-            pose, pose_batcher = self._load_pose()
-            detection = self._load_detector() if self.settings.detect else None
-        except (ModelError, ProviderUnavailable) as error:
-            log.error("not ready: %s", error)
-            self._not_ready = str(error)
-            self.stop_batchers()
-            return
-        except Exception as error:  # ONNX Runtime at warm-up: out of memory, cuDNN missing, …
-            # Up and unready with the reason, rather than a process that crash-loops.
-            log.exception("not ready: the models failed to warm up")
-            self._not_ready = f"warm-up failed: {type(error).__name__}: {error}"[:500]
-            self.stop_batchers()
-            return
+        A model or provider that cannot serve leaves the runtime unready, with the reason. In a
+        front-end process: wait for the inference process to have loaded them."""
         s = self.settings
-        crop = CropStage(pose.info.input_size, s.box_padding)
+        if s.inference_socket is not None:
+            remote = RemoteInference(s.inference_socket)
+            self._inference = remote
+            remote.start()  # returns at its first greeting: the models are loaded there
+            # The decoding share of this process: the host's cores and budget, split between
+            # the front-end processes.
+            share = max(1, s.frontend_processes)
+            inference: LocalInference | RemoteInference = remote
+        else:
+            local = LocalInference(s, self.metrics)
+            self._inference = local
+            local.load()
+            share = 1
+            inference = local
+        pose_info, pose = inference.pose_info, inference.pose
+        if pose_info is None or pose is None:
+            self._not_ready = inference.readiness() or "the models did not load"
+            return
+        crop = CropStage(pose_info.input_size, s.box_padding)
         # Images sent with boxes are cropped right after decoding, the others after detection.
         cropping: list[Stage] = [crop]
-        decode_size = pose.info.input_size
-        if detection is not None:
-            detector, detector_batcher = detection
+        decode_size = pose_info.input_size
+        detecting = s.detect and inference.detector is not None
+        if detecting and inference.detector_info is not None and inference.detector is not None:
+            detector_info = inference.detector_info
             # The whole picture is decoded for the larger of the two inputs.
-            width, height = detector.info.input_size
+            width, height = detector_info.input_size
             decode_size = (max(decode_size[0], width), max(decode_size[1], height))
             cropping = [
-                LetterboxStage(detector.info.input_size),
+                LetterboxStage(detector_info.input_size),
                 crop,
-                DetectStage(detector_batcher, s.min_person_score, s.detector_box),
+                DetectStage(inference.detector, s.min_person_score, s.detector_box),
                 crop,
             ]
-            self.detector = detector.info
-            self._register(detector, "detector")
+            self.detector = detector_info
         cores = usable_cores()
-        budget = DecodeBudget(s.decode_budget(cores), observer=self.metrics)
+        budget = DecodeBudget(s.decode_budget(cores) / share, observer=self.metrics)
         self.metrics.decode_budget.set(budget.megapixels)
         # One more thread for light requests: a photo is not queued behind 7000×7000 decodes.
-        self._pool = FairPool(s.cpu_workers or cores, light_workers=1)
+        self._pool = FairPool(s.cpu_workers or max(1, cores // share), light_workers=1)
         self._pool.start()
         admit = AdmitStage(
             budget,
@@ -108,84 +105,22 @@ class Runtime:
             s.box_padding,
             s.max_image_pixels,
             s.reduced_decode,
-            detecting=detection is not None,
+            detecting=detecting,
         )
         self._pipeline = Pipeline(
             [
                 admit,
                 DecodeStage(decode_size, s.box_padding, s.reduced_decode),
                 *cropping,
-                PoseStage(pose_batcher),
+                PoseStage(pose),
                 ToImageStage(),
             ],
             self._pool,
             observer=self.metrics,
         )
-        self.model, self.provider = pose.info, pose.provider
-        self._register(pose, "pose")
+        self.model, self.provider = pose_info, inference.provider
         self._not_ready = None
-        log.info("ready: %s %s on %s", pose.info.name, pose.info.version, pose.provider)
-
-    def _load_pose(self) -> tuple[OnnxBackend[ModelInfo], Batcher]:
-        s = self.settings
-        backend: OnnxBackend[ModelInfo] = OnnxBackend(
-            s.model_path,
-            s.provider,
-            s.device_id,
-            s.intra_op_threads,
-            TensorrtOptions(s.tensorrt_cache_dir, s.max_batch_size),
-        )
-        return backend, self._batcher(backend, "pose", s.max_batch_size, s.max_queue)
-
-    def _load_detector(self) -> tuple[OnnxBackend[DetectorInfo], Batcher]:
-        s = self.settings
-        backend: OnnxBackend[DetectorInfo] = OnnxBackend(
-            s.detector_path,
-            s.provider,
-            s.device_id,
-            s.intra_op_threads,
-            TensorrtOptions(s.tensorrt_cache_dir, s.detector_max_batch_size),
-            describe=detector_contract.describe,
-        )
-        limits = (s.detector_max_batch_size, s.detector_max_queue)
-        return backend, self._batcher(backend, "detector", *limits)
-
-    def _batcher(
-        self,
-        backend: OnnxBackend[ModelInfo] | OnnxBackend[DetectorInfo],
-        model: str,
-        max_batch_size: int,
-        max_queue: int,
-    ) -> Batcher:
-        """A started batcher for the model, its batches counted with the other model's (both
-        run on the same cores), the model warmed up at every batch size it will run."""
-        s = self.settings
-        workers = backend.configure_workers(s.inference_workers, s.intra_op_threads)
-        observer = self.metrics.batcher_observer(model)
-        observer.capacity.set(max_queue)
-        batcher = Batcher(
-            backend.infer,
-            max_batch_size,
-            max_queue,
-            s.batch_delay_ms / 1000,
-            observer=observer,
-            workers=workers,
-            # Only with a second session to run them on (CPU, several workers): otherwise a
-            # deep queue would be cut into quarter batches for nothing (one GPU worker).
-            infer_alongside=backend.infer_alongside if backend.has_alongside_session else None,
-            occupancy=self._occupancy,
-            name=model,
-        )
-        self._batchers.append(batcher)
-        batcher.start()
-        backend.warm_up(warm_up_sizes(max_batch_size), batcher.alongside_batch_size)
-        return batcher
-
-    def _register(
-        self, backend: OnnxBackend[ModelInfo] | OnnxBackend[DetectorInfo], role: str
-    ) -> None:
-        info = backend.info
-        self.metrics.model_info.labels(role, info.name, info.version, backend.provider).set(1)
+        log.info("ready: %s %s on %s", pose_info.name, pose_info.version, self.provider)
 
     async def estimate(
         self, images: Sequence[ImageInput], options: PoseOptions, deadline: float
@@ -217,9 +152,8 @@ class Runtime:
         """None when ready, else why not."""
         if self._not_ready is not None:
             return self._not_ready
-        failures = max((b.consecutive_failures for b in self._batchers), default=0)
-        if failures >= self.settings.failure_threshold:
-            return f"the last {failures} inference batches failed"
+        if self._inference is not None:
+            return self._inference.readiness()
         return None
 
     def begin_drain(self) -> None:
@@ -234,5 +168,5 @@ class Runtime:
             self._pool.stop()
 
     def stop_batchers(self) -> None:
-        for batcher in self._batchers:
-            batcher.stop()
+        if self._inference is not None:
+            self._inference.stop()

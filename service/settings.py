@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description="where TensorRT keeps its engines and timing cache (built on first start, "
         "minutes; reused while model, GPU, TensorRT version and DIPR_MAX_BATCH_SIZE stay)",
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="CUDA provider: run each warmed batch size as a CUDA graph (a session per "
+        "size, inputs and outputs at fixed GPU addresses: less CPU per batch); every node of the "
+        "model must run on CUDA, else the replica stays unready saying why (see make gpu-check)",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,
@@ -52,6 +58,26 @@ class Settings(BaseSettings):
         description="threads running batches at once; 0: 2 on CPU, 1 on GPU. On CPU a batch "
         "that runs alone uses every core; batches that run together use a share each "
         "(batches of at most DIPR_MAX_BATCH_SIZE / 4), which keeps all cores busy",
+    )
+    frontend_processes: int = Field(
+        0,
+        ge=0,
+        description="processes that serve HTTP, decode and crop, handing their crops through "
+        "shared memory to one inference process that holds the models and batches the crops of "
+        "all of them; 0: one process does everything (the CPU default). For a GPU: as many as "
+        "the host has cores, so that one copy of the models gets full batches. Shared memory "
+        "(/dev/shm) holds each process's share of DIPR_MAX_QUEUE and DIPR_DETECTOR_MAX_QUEUE, "
+        "at least DIPR_MAX_BOXES crops (defaults: 60 MiB for up to 4, 15 MiB per process beyond)",
+    )
+    metrics_port_supervised: bool = Field(
+        False,
+        description="set by dipr serve in the processes it supervises (leave unset): its own "
+        "process serves DIPR_METRICS_PORT with every process's metrics, so these do not open it",
+    )
+    inference_socket: Path | None = Field(
+        None,
+        description="set by dipr serve in its front-end processes (leave unset): the inference "
+        "process's Unix socket, which makes this process a front-end that holds no model",
     )
     max_queue: int = Field(
         256,

@@ -2,7 +2,8 @@
 
 Static: the compose files resolve (docker-compose v1 `config`), the Dockerfile passes hadolint, the
 build context holds what the Dockerfile copies and nothing else, the pinned requirement lists
-agree with pyproject, Prometheus config and rules pass promtool (with unit tests of the alerts).
+agree with pyproject, Prometheus config and rules pass promtool (with unit tests of the alerts),
+the GPU service's /dev/shm (`shm_size`) holds the crops of the front-end layout.
 
 Live, with the same files: the compose topology as host processes on loopback ports.
 - `pose`: 3 `dipr serve` replicas with the environment compose gives pose-cpu (the CPU variant:
@@ -17,7 +18,8 @@ Live, with the same files: the compose topology as host processes on loopback po
 - `prometheus`: /usr/bin/prometheus with docker/prometheus/prometheus.yml, where static_configs on
   the replicas' metrics ports replace dns_sd_configs and the intervals are 1 s; alerts.yml as is.
 Then traffic through nginx, one replica frozen and killed in the middle of it, and the counts
-checked end to end (see `scenario`).
+checked end to end (see `scenario`). Apart: the GPU service's environment in the front-end layout
+(DIPR_FRONTEND_PROCESSES) with its metrics port, on the CPU.
 """
 
 import json
@@ -154,6 +156,64 @@ def test_compose_cpu_variant_drops_the_gpu_and_keeps_the_dns_name() -> None:
     assert "pose" in cpu["networks"]["default"]["aliases"]
     assert cpu["read_only"] is True and cpu["user"] == services["pose"]["user"]
     assert cpu["build"]["context"] == services["pose"]["build"]["context"] == str(ROOT)
+
+
+DOCKER_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def docker_bytes(size: str | int) -> int:
+    """Docker's sizes (`shm_size: 256m`): binary units, b/k/m/g."""
+    match = re.fullmatch(r"(\d+)([bkmg]?)b?", str(size).lower())
+    assert match is not None, size
+    return int(match.group(1)) * DOCKER_UNITS[match.group(2)]
+
+
+def frontend_shared_memory(environment: dict[str, str], processes: int) -> int:
+    """Bytes of /dev/shm that `processes` front-ends' crop slabs take in a service with this
+    compose environment: the service's own rule (`slab_slots`), the committed models' inputs."""
+    from dipr.core import detector_contract
+    from dipr.service.backend import OnnxBackend
+    from dipr.service.crop_slab import CropSlab
+    from dipr.service.inference_process import slab_slots
+    from dipr.service.inference_protocol import DETECTOR, POSE
+
+    fields = {
+        key.removeprefix("DIPR_").lower(): value
+        for key, value in environment.items()
+        if key.startswith("DIPR_")
+    }
+    settings = Settings(**{**fields, "frontend_processes": processes})
+    pose = OnnxBackend(settings.model_path, "cpu").info.input_size
+    sizes = {POSE: pose}
+    if settings.detect:
+        detector = OnnxBackend(settings.detector_path, "cpu", describe=detector_contract.describe)
+        sizes[DETECTOR] = detector.info.input_size
+    slots = slab_slots(settings)
+    return processes * sum(
+        CropSlab.size(slots[model], (height, width, 3)) for model, (width, height) in sizes.items()
+    )
+
+
+def test_compose_gpu_shared_memory_holds_the_front_end_layouts_crops() -> None:
+    from dipr.benchmarks.gpu_check import GPU_PLAN
+
+    pose = compose_config(COMPOSE)["services"]["pose"]
+    environment = {key: str(value) for key, value in pose["environment"].items()}
+    processes = int(environment.get("DIPR_FRONTEND_PROCESSES", "0"))
+    # Room for as many front-ends as `make gpu-check` recommends at most (one per core, capped),
+    # and for what the file sets, should it set more.
+    planned = max(processes, GPU_PLAN.frontend_cap)
+    assert docker_bytes(pose["shm_size"]) >= frontend_shared_memory(environment, planned)
+    # The figures the README and the compose comment give, with this file's queues.
+    assert frontend_shared_memory(environment, 4) == 60 << 20
+    assert frontend_shared_memory(environment, 5) - frontend_shared_memory(environment, 4) == (
+        15 << 20
+    )
+    assert docker_bytes("64m") < frontend_shared_memory(environment, 5)  # Docker's default
+    # The CPU variant keeps the one-process layout: no crop slabs, Docker's default /dev/shm.
+    cpu = compose_config(COMPOSE, COMPOSE_CPU)["services"]["pose-cpu"]
+    assert cpu["environment"].get("DIPR_FRONTEND_PROCESSES", "0") == "0"
+    assert "shm_size" not in cpu
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -871,3 +931,42 @@ def test_dockerfile_healthcheck_command(scenario: Outcome) -> None:
     assert ready.returncode == 0, ready.stderr
     dead = run(command, env={**os.environ, "DIPR_PORT": str(scenario.victim.port)})
     assert dead.returncode == 1
+
+
+def test_the_gpu_service_runs_front_end_processes_with_its_metrics_port(tmp_path: Path) -> None:
+    """The GPU service's compose environment (its metrics port included) in the front-end
+    layout, on the CPU here: every front-end starts and /metrics is scraped on its own port."""
+    environment = compose_config(COMPOSE)["services"]["pose"]["environment"]
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **{key: str(value) for key, value in environment.items()},
+        "DIPR_PROVIDER": "cpu",  # no GPU here
+        "DIPR_FRONTEND_PROCESSES": "2",  # the smallest count with several front-ends
+        "DIPR_METRICS_PORT": str(metrics_port),
+        "DIPR_INTRA_OP_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "dipr.cli", "serve", "--host", "127.0.0.1", "--port"]
+    server = start("pose-frontends", [*command, str(port), "--log-level", "warning"], tmp_path, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: server.alive() and httpx.get(f"{url}/health/ready").status_code == 200,
+            120,
+            "the front-ends ready",
+        )
+        # A front-end that fails its start-up takes `dipr serve` down within seconds.
+        watch_until = time.monotonic() + 10
+        while time.monotonic() < watch_until:
+            assert server.popen.poll() is None, f"dipr serve exited:\n{server.tail()}"
+            time.sleep(0.5)
+        answer = httpx.post(
+            f"{url}/pose?detect=false", files={"image": PHOTO.read_bytes()}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert metrics.status_code == 200, metrics.text
+        # The front-ends' requests and the inference process's batches, on the one port.
+        assert "dipr_http_requests_total" in metrics.text and "dipr_batch_size" in metrics.text
+    finally:
+        server.stop()

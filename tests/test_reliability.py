@@ -73,7 +73,11 @@ def faulty_model(path: Path, table: int = len(COCO_KEYPOINTS)) -> Path:
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=10,  # what onnxruntime 1.31 reads (the onnx package writes newer)
+    )
     model.ir_version = 8
     for key, value in {
         pose_contract.NAME: "faulty",
@@ -126,7 +130,11 @@ def faulty_detector(path: Path) -> Path:
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=10,  # what onnxruntime 1.31 reads (the onnx package writes newer)
+    )
     model.ir_version = 8
     for key, value in {
         detector_contract.ROLE: detector_contract.ROLE_PERSON_DETECTOR,

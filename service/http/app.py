@@ -20,6 +20,7 @@ from dipr.service.http.docs import docs_router
 from dipr.service.http.errors import error_body, error_response, http_error
 from dipr.service.http.middleware import RequestLimits, RequestObserver
 from dipr.service.http.routes import health_router, metrics_router, pose_router
+from dipr.service.http.shortcut import PoseShortcut
 from dipr.service.runtime import Runtime
 from dipr.service.settings import Settings
 
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ConnectionWatch]]:
         await asyncio.to_thread(runtime.load)
         metrics_server = None
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and not settings.metrics_port_supervised:
             # Its own listener: scrapable without exposing it alongside the API (and no key).
             metrics_server, _ = start_http_server(
                 settings.metrics_port, settings.host, runtime.metrics.exposition_registry
@@ -68,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_port is None:
         app.include_router(metrics_router)
     _handle_errors(app, runtime)
-    # The last added is outermost: the observer also sees what the limit refuses.
+    # The last added is outermost: the observer also sees what the limit refuses, and the
+    # shortcut, innermost, gets POST /pose with its body already limited.
+    app.add_middleware(PoseShortcut)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, metrics=runtime.metrics)
     if settings.cors_origins:
         app.add_middleware(

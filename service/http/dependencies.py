@@ -41,3 +41,11 @@ async def require_api_key(
 
 
 KEYED = [Depends(require_api_key)]
+
+
+async def check_api_key(request: Request) -> None:
+    """`require_api_key` called directly, with the same header readers: for a route that does not
+    go through FastAPI's dependency solving (see `routes.pose_served`). Without keys there is
+    nothing to read (the readers never refuse: auto_error is off)."""
+    if request.app.state.api_keys:
+        await require_api_key(request, await _bearer(request), await _api_key_header(request))

@@ -1,9 +1,9 @@
 """Pure ASGI middleware: the body size limit, and one observer for ids, metrics and access logs."""
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -11,7 +11,7 @@ from starlette.routing import compile_path
 
 from dipr.core.errors import LimitExceeded
 from dipr.service.http.errors import error_response, http_error
-from dipr.service.logs import request_id
+from dipr.service.logs import request_id, write_waiting_lines
 from dipr.service.metrics import ServiceMetrics
 
 Scope = MutableMapping[str, Any]
@@ -22,6 +22,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("dipr.access")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of a (lower-case) request header, as dict(scope["headers"]) would give."""
+    value = None
+    for key, header_value in scope["headers"]:
+        if key == name:
+            value = header_value
+    return value
 
 
 class RequestLimits:
@@ -38,7 +47,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             refusal = LimitExceeded(f"request body over {limit} bytes")
             if self.metrics is not None:
@@ -97,16 +106,21 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.route_template = RouteTemplates()
+        self._in_flight = 0  # requests begun and not yet logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        offered = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        # 128 random bits as 32 hex digits, like a uuid4's: from the interpreter's generator,
+        # not os.urandom, whose system call releases the GIL and waits to get it back from the
+        # decoding threads (unpredictable ids are not needed: they only tie log lines together).
+        rid = offered if _REQUEST_ID.fullmatch(offered) else f"{random.getrandbits(128):032x}"
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
+        self._in_flight += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -134,3 +148,6 @@ class RequestObserver:
                 },
             )
             request_id.reset(token)
+            self._in_flight -= 1
+            if self._in_flight == 0:  # idle: nothing to save by letting access lines wait
+                write_waiting_lines(access_log)

@@ -1,9 +1,12 @@
 """The JSON the service answers with (these models are also its OpenAPI schema), and how a
 pipeline's results become it."""
 
+import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dipr.core.detector_contract import DetectorInfo
@@ -169,39 +172,67 @@ class Health(BaseModel):
     reason: str | None = None
 
 
-def pose_response(results: Sequence[ImagePoses], model: ModelInfo, raw: bool) -> PoseResponse:
+def pose_json(results: Sequence[ImagePoses], model: ModelInfo, raw: bool) -> bytes:
+    """The /pose answer as JSON bytes, shaped as `PoseResponse` with None fields left out.
+
+    Written directly rather than through PoseResponse: building ~20 pydantic models per person,
+    then FastAPI's validation and serialisation of them, cost more CPU per request than decoding
+    a small photo's crop does (issue #16). `PoseResponse` stays the schema; a unit test checks
+    that this JSON validates against it and equals what the models would serialise."""
+    summary = {
+        "name": model.name,
+        "version": model.version,
+        "input_size": list(model.input_size),
+        "debias": model.debias,
+    }
     names = model.keypoint_names
-    return PoseResponse(
-        model=ModelSummary(
-            name=model.name, version=model.version, input_size=model.input_size, debias=model.debias
-        ),
-        results=[
-            ImageResult(
-                image=ImageSize(width=r.width, height=r.height),
-                persons=[_person(p, names, raw) for p in r.persons],
-            )
+    answer = {
+        "model": summary,
+        "results": [
+            {
+                "image": {"width": r.width, "height": r.height},
+                "persons": [_person(p, names, raw) for p in r.persons],
+            }
             for r in results
         ],
-    )
+    }
+    return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _person(pose: PersonPose, names: tuple[str, ...], raw: bool) -> PersonResult:
-    return PersonResult(
-        box=pose.box,
-        box_score=pose.box_score,
-        score=pose.score,
-        keypoints=[
-            Keypoint(
-                name=name,
-                x=float(pose.keypoints[k, 0]),
-                y=float(pose.keypoints[k, 1]),
-                score=float(pose.scores[k]),
-                x_raw=float(pose.keypoints_raw[k, 0]) if raw else None,
-                y_raw=float(pose.keypoints_raw[k, 1]) if raw else None,
-            )
-            for k, name in enumerate(names)
-        ],
-    )
+def _person(pose: PersonPose, names: tuple[str, ...], raw: bool) -> dict[str, Any]:
+    # One conversion per array (tolist: Python floats), not one float() per value.
+    xy = _coordinates(pose.keypoints)
+    scores: list[float] = pose.scores.tolist()
+    for score in scores:
+        if not 0 <= score <= 1:  # what PoseResponse's validation refused: a broken model, 500
+            raise ValueError(f"keypoint score {score} outside [0, 1]")
+    if raw:
+        xy_raw = _coordinates(pose.keypoints_raw)
+        keypoints = [
+            {"name": name, "x": x, "y": y, "score": score, "x_raw": x_raw, "y_raw": y_raw}
+            for name, (x, y), score, (x_raw, y_raw) in zip(names, xy, scores, xy_raw, strict=True)
+        ]
+    else:
+        keypoints = [
+            {"name": name, "x": x, "y": y, "score": score}
+            for name, (x, y), score in zip(names, xy, scores, strict=True)
+        ]
+    person: dict[str, Any] = {"box": [float(v) for v in pose.box]}
+    if pose.box_score is not None:
+        person["box_score"] = float(pose.box_score)
+    person["score"] = float(pose.score)
+    person["keypoints"] = keypoints
+    return person
+
+
+def _coordinates(points: np.ndarray) -> list[list[float | None]]:
+    """[K, 2] → lists of floats; a non-finite coordinate becomes null, as pydantic wrote it."""
+    values: list[list[float]] = points.tolist()
+    # One sum instead of isfinite().all(): a NaN or an infinity anywhere makes it non-finite (so
+    # does an overflow of finite values, which only sends it down the exact path below).
+    if math.isfinite(np.add.reduce(points, axis=None)):
+        return values  # type: ignore[return-value]
+    return [[v if math.isfinite(v) else None for v in row] for row in values]
 
 
 def model_details(model: ModelInfo, provider: str, detector: DetectorInfo | None) -> ModelDetails:

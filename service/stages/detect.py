@@ -4,14 +4,14 @@ images; the persons it finds above the threshold become the boxes to crop, best 
 import numpy as np
 
 from dipr.core.detection import BoxSource, boxes_of, persons_in
-from dipr.service.batcher import Batcher
+from dipr.service.crop_submitter import CropSubmitter
 from dipr.service.pipeline import ImageWork, RequestStage, required
 
 
 class DetectStage(RequestStage):
     name = "detect"
 
-    def __init__(self, batcher: Batcher, min_score: float, box_source: BoxSource) -> None:
+    def __init__(self, batcher: CropSubmitter, min_score: float, box_source: BoxSource) -> None:
         self.batcher = batcher
         self.min_score = min_score
         self.box_source = box_source

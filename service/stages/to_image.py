@@ -1,5 +1,7 @@
 """Stage: the pose model's keypoints (input pixels) → each person's pose in image pixels."""
 
+import numpy as np
+
 from dipr.core import pose_contract
 from dipr.service.pipeline import ImageStage, ImageWork, PersonPose, required
 
@@ -12,14 +14,24 @@ class ToImageStage(ImageStage):
         cropped = required(work.cropped, "cropped")
         outputs = required(work.pose_outputs, "pose_outputs")
         detected = work.detected
+        if not cropped.crops:  # no person found: no rows either
+            return
+        all_scores = outputs[pose_contract.SCORES]
+        keypoints = outputs[pose_contract.KEYPOINTS]
+        keypoints_raw = outputs[pose_contract.KEYPOINTS_RAW]
         for row, (box, crop) in enumerate(zip(cropped.boxes, cropped.crops, strict=True)):
-            scores = outputs[pose_contract.SCORES][row]
+            scores = all_scores[row]
+            # Both sets of keypoints in one product: half the numpy calls, the same values.
+            count = len(keypoints[row])
+            both = crop.to_image(np.concatenate((keypoints[row], keypoints_raw[row])))
             work.persons.append(
                 PersonPose(
                     box=box,
-                    score=float(scores.mean()),
-                    keypoints=crop.to_image(outputs[pose_contract.KEYPOINTS][row]),
-                    keypoints_raw=crop.to_image(outputs[pose_contract.KEYPOINTS_RAW][row]),
+                    # scores.mean() as numpy computes it (the same sum, over the same count),
+                    # without its Python-level wrapper: a fifth of this stage's time.
+                    score=float(np.add.reduce(scores) / len(scores)),
+                    keypoints=both[:count],
+                    keypoints_raw=both[count:],
                     scores=scores,
                     box_score=None if detected is None else detected[row].score,
                 )

@@ -11,10 +11,14 @@ from dipr.service.backend import (
     CPU,
     OnnxBackend,
     ProviderUnavailable,
+    ResidentBatch,
     TensorrtOptions,
+    cuda_graph_providers,
+    fixed_batch_session,
     session_options,
     warm_up_sizes,
 )
+from dipr.service.settings import Settings
 
 NO_GPU = "CUDAExecutionProvider" not in ort.get_available_providers()
 
@@ -97,18 +101,24 @@ def test_on_a_gpu_onnx_runtime_gets_one_thread_that_does_not_spin() -> None:
     assert session_options(3, gpu=True).intra_op_num_threads == 3  # asked for: as asked
 
 
+def record_session_runs(monkeypatch: pytest.MonkeyPatch, backend: OnnxBackend) -> list[int]:
+    """The row counts of the batches `backend` runs with plain `session.run` from now on."""
+    rows_run: list[int] = []
+    run = backend._run
+
+    def recording(session: ort.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
+        rows_run.append(len(rows))
+        return run(session, rows)
+
+    monkeypatch.setattr(backend, "_run", recording)
+    return rows_run
+
+
 def test_a_batch_is_padded_to_a_warmed_size_and_answered_with_its_own_rows(monkeypatch) -> None:
     backend = OnnxBackend(DEFAULT_ONNX, "cpu")
     batch = np.random.default_rng(1).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     unpadded = backend.infer(batch)
-    shapes: list[int] = []
-    run = backend._run
-
-    def recording(session: ort.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
-        shapes.append(len(rows))
-        return run(session, rows)
-
-    monkeypatch.setattr(backend, "_run", recording)
+    shapes = record_session_runs(monkeypatch, backend)
     backend.batch_buckets = tuple(warm_up_sizes(16))  # what warm-up sets on a GPU
     padded = backend.infer(batch)
     assert shapes == [4]  # the model ran a warmed shape
@@ -124,3 +134,105 @@ def test_warm_up_sets_buckets_only_where_shapes_are_tuned() -> None:
     backend = OnnxBackend(DEFAULT_ONNX, "cpu")
     backend.warm_up([1, 2])
     assert backend.batch_buckets == ()  # CPU: each padded row would cost as much as a real one
+
+
+# --- inputs and outputs resident on the device (IOBinding), CUDA graphs -------------------------
+
+
+def random_crops(rows: int, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (rows, 256, 256, 3), dtype=np.uint8)
+
+
+def test_resident_batch_gives_exactly_what_session_run_gives() -> None:
+    """The binding path with "cpu" OrtValues: the same code that binds "cuda" ones on a GPU."""
+    session = OnnxBackend(DEFAULT_ONNX, "cpu").session
+    resident = ResidentBatch(session, 4, "cpu")
+    first, second = random_crops(4, seed=3), random_crops(4, seed=4)
+    names = [output.name for output in session.get_outputs()]
+    expected = [
+        dict(zip(names, session.run(None, {"image": x}), strict=True)) for x in (first, second)
+    ]
+    got_first = resident.run(first)
+    got_second = resident.run(second)  # the same bound memory, overwritten
+    assert got_first is not None and got_second is not None
+    for got, want in ((got_first, expected[0]), (got_second, expected[1])):
+        assert got.keys() == want.keys()
+        for name, values in want.items():
+            np.testing.assert_array_equal(got[name], values)  # copies, not views of the buffers
+
+
+def test_resident_batch_runs_one_batch_at_a_time() -> None:
+    resident = ResidentBatch(OnnxBackend(DEFAULT_ONNX, "cpu").session, 1, "cpu")
+    with resident._busy:  # another worker's batch is running on these buffers
+        assert resident.run(random_crops(1)) is None
+    assert resident.run(random_crops(1)) is not None
+
+
+def test_warmed_sizes_run_on_resident_buffers_and_others_on_session_run(monkeypatch) -> None:
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu")
+    batch = random_crops(3)
+    plain = backend.infer(batch)
+    backend.io_device = "cpu"  # what a GPU provider sets ("cuda"): the same code path
+    backend.warm_up([1, 2, 4])
+    assert backend.batch_buckets == (1, 2, 4)
+    runs = record_session_runs(monkeypatch, backend)
+    padded = backend.infer(batch)  # 3 rows → the resident buffers of 4
+    assert runs == []
+    for name, values in plain.items():
+        assert padded[name].shape == values.shape
+        np.testing.assert_allclose(padded[name], values, atol=1e-4)
+    backend.infer(random_crops(5))  # larger than any warmed size: session.run
+    assert runs == [5]
+    with backend._resident[4]._busy:  # buffers busy: session.run rather than wait
+        busy = backend.infer(batch)
+    assert runs == [5, 4]
+    for name, values in padded.items():
+        np.testing.assert_array_equal(busy[name], values)
+
+
+def test_a_fixed_batch_session_has_static_shapes_and_the_same_outputs() -> None:
+    session = fixed_batch_session(DEFAULT_ONNX, 2, [CPU], session_options(0))
+    assert session.get_inputs()[0].shape == [2, 256, 256, 3]
+    assert session.get_outputs()[0].shape == [2, 17, 2]
+    batch = random_crops(2)
+    fixed = session.run(None, {"image": batch})
+    dynamic = OnnxBackend(DEFAULT_ONNX, "cpu").session.run(None, {"image": batch})
+    for got, want in zip(fixed, dynamic, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_cuda_graphs_are_asked_of_the_cuda_provider_only(caplog) -> None:
+    assert cuda_graph_providers(1) == [
+        ("CUDAExecutionProvider", {"device_id": 1, "enable_cuda_graph": "1"}),
+        CPU,
+    ]
+    with caplog.at_level("WARNING", logger="dipr.service.backend"):
+        backend = OnnxBackend(DEFAULT_ONNX, "cpu", cuda_graphs=True)
+    assert not backend.cuda_graphs and backend.io_device is None
+    assert "CUDA graphs are for the CUDA provider" in caplog.text
+
+
+def test_cuda_graphs_are_off_unless_set(monkeypatch) -> None:
+    assert Settings().cuda_graphs is False
+    monkeypatch.setenv("DIPR_CUDA_GRAPHS", "true")
+    assert Settings().cuda_graphs is True
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs onnxruntime-gpu and a GPU")
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_on_cuda_warmed_sizes_keep_their_buffers_on_the_gpu(cuda_graphs: bool) -> None:
+    from dipr.benchmarks.limit import model_input
+
+    photos = sorted((Path(__file__).parents[1] / "fixtures" / "photos").glob("*.jpg"))
+    crops = np.stack([model_input(photo.read_bytes(), (256, 256)) for photo in photos])
+    backend = OnnxBackend(DEFAULT_ONNX, "cuda", cuda_graphs=cuda_graphs)
+    assert backend.io_device == "cuda" and backend.cuda_graphs == cuda_graphs
+    backend.warm_up([1, 2, 4])
+    assert sorted(backend._resident) == [1, 2, 4]
+    assert backend._resident[4].input.device_name().lower() == "cuda"
+    on_cpu = OnnxBackend(DEFAULT_ONNX, "cpu")
+    # Twice, in two orders: a CUDA graph replays with each new input copied into its memory.
+    for batch in (crops, crops[::-1].copy()):
+        on_gpu = backend.infer(batch)  # 3 rows: padded to the resident 4
+        expected = on_cpu.infer(batch)
+        np.testing.assert_allclose(on_gpu["keypoints"], expected["keypoints"], atol=0.05)

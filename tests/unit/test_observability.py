@@ -1,6 +1,7 @@
 """Logs and metrics without a server: the log formatters, the metrics' series, and the request
 observer over a small ASGI app (httpx calls it in process)."""
 
+import asyncio
 import io
 import json
 import logging
@@ -14,7 +15,14 @@ from fastapi import FastAPI, Request
 from prometheus_client.parser import text_string_to_metric_families
 
 from dipr.service.http.middleware import RequestLimits, RequestObserver
-from dipr.service.logs import JsonFormatter, TextFormatter, logging_config, request_id
+from dipr.service.logs import (
+    AccessBufferingHandler,
+    JsonFormatter,
+    TextFormatter,
+    logging_config,
+    request_id,
+    write_waiting_lines,
+)
 from dipr.service.metrics import LATENCY_BUCKETS, ServiceMetrics, status_class
 
 ACCESS_FIELDS = {
@@ -65,6 +73,45 @@ def test_json_lines_keep_their_fields() -> None:
     assert entry["message"] == "request" and entry["level"] == "info"
     assert {key: entry[key] for key in ACCESS_FIELDS} == ACCESS_FIELDS
     assert entry["request_id"] == "req-42"
+
+
+def buffered_loggers(delay_s: float) -> tuple[io.StringIO, logging.Logger, logging.Logger]:
+    """A buffering handler on a parent logger, and its access and other children."""
+    stream = io.StringIO()
+    handler = AccessBufferingHandler(stream, delay_s=delay_s)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    parent = logging.getLogger(f"dipr-test-buffering-{delay_s}")
+    parent.handlers = [handler]
+    parent.propagate = False
+    parent.setLevel(logging.INFO)
+    # The handler waits with the lines of "dipr.access" only: a child of that name, here.
+    access = logging.Logger("dipr.access")
+    access.parent = parent
+    return stream, access, parent.getChild("service")
+
+
+async def test_access_lines_wait_on_a_busy_loop_and_keep_their_order() -> None:
+    stream, access, other = buffered_loggers(delay_s=0.05)
+    access.info("first")
+    access.info("second")
+    assert stream.getvalue() == ""  # waiting: one write for both, soon
+    await asyncio.sleep(0.15)
+    assert stream.getvalue() == "dipr.access first\ndipr.access second\n"
+    access.info("third")
+    other.warning("a warning")  # never late, and after what came before it
+    assert stream.getvalue().splitlines()[2:] == [
+        "dipr.access third",
+        "dipr-test-buffering-0.05.service a warning",
+    ]
+    access.info("fourth")
+    write_waiting_lines(access)  # the service went idle
+    assert stream.getvalue().endswith("dipr.access fourth\n")
+
+
+def test_access_lines_off_an_event_loop_are_written_at_once() -> None:
+    stream, access, _ = buffered_loggers(delay_s=60)
+    access.info("no loop here")
+    assert stream.getvalue() == "dipr.access no loop here\n"
 
 
 def test_the_log_format_setting_picks_the_formatter() -> None:

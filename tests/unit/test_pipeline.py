@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from dipr.core.crops import Crop
 from dipr.core.errors import (
     InvalidInput,
     Overloaded,
@@ -16,6 +17,7 @@ from dipr.core.errors import (
     image_place,
 )
 from dipr.core.images import DecodedImage
+from dipr.core.prepare import CroppedImage
 from dipr.service.admission import DecodeBudget
 from dipr.service.fair_pool import FairPool
 from dipr.service.pipeline import (
@@ -278,3 +280,31 @@ async def test_an_image_refused_at_admission_is_named(bad, error, message):
     with pytest.raises(error, match=message) as refused:
         await admit().run_request(works, time.monotonic() + 5)
     assert refused.value.message.startswith(f"image 3 ({bad.name}): ")
+
+
+def test_an_image_without_persons_has_none_and_reads_no_outputs():
+    """A detector that found no one: no crops, and the batcher answers no rows ({})."""
+    work = ImageWork(image(), PoseOptions(), 0)
+    work.cropped = CroppedImage([], [], np.zeros((0, 256, 256, 3), np.uint8))
+    work.pose_outputs = {}
+    ToImageStage().run_image(work)
+    assert work.persons == []
+
+
+def test_poses_come_back_to_image_pixels_as_each_crop_maps_them():
+    generator = np.random.default_rng(3)
+    crops = [Crop.from_matrix(np.array([[2.0, 0.1, -30.0], [-0.2, 1.5, 12.0]])) for _ in range(2)]
+    keypoints = generator.uniform(0, 256, (2, 17, 2)).astype(np.float32)
+    keypoints_raw = keypoints + np.float32(0.5)
+    scores = generator.uniform(0, 1, (2, 17)).astype(np.float32)
+    work = ImageWork(image(), PoseOptions(), 0)
+    boxes = [(0.0, 0.0, 10.0, 10.0), (5.0, 5.0, 50.0, 50.0)]
+    work.cropped = CroppedImage(boxes, crops, np.zeros((2, 256, 256, 3), np.uint8))
+    work.pose_outputs = {"keypoints": keypoints, "keypoints_raw": keypoints_raw, "scores": scores}
+    ToImageStage().run_image(work)
+    for row, person in enumerate(work.persons):
+        assert person.box == boxes[row]
+        assert np.array_equal(person.keypoints, crops[row].to_image(keypoints[row]))
+        assert np.array_equal(person.keypoints_raw, crops[row].to_image(keypoints_raw[row]))
+        assert person.score == float(scores[row].mean())
+        assert person.box_score is None

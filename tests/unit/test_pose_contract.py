@@ -39,7 +39,11 @@ def session(
         [helper.make_tensor_value_info(input_name, input_type, ["N", 2, 4, 3])],
         [helper.make_tensor_value_info(name, input_type, ["N", 2, 4, 3]) for name in outputs],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=10,  # what onnxruntime 1.31 reads (the onnx package writes newer)
+    )
     model.ir_version = 10
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)

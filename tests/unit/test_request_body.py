@@ -2,14 +2,24 @@
 requests are built in memory and handed to the parser as Starlette would)."""
 
 import math
+import random
 from urllib.parse import quote
 
+import httpx
 import pytest
 from starlette.requests import Request
 
-from dipr.core.errors import InvalidInput, LimitExceeded
+from dipr.core.errors import DiprError, InvalidInput, LimitExceeded
+from dipr.service.client import Part, encode_multipart
 from dipr.service.http.errors import MalformedRequest, UnsupportedContentType
-from dipr.service.http.request_body import parse_boxes, read_pose_request
+from dipr.service.http.request_body import (
+    MAX_FIELDS,
+    FormPart,
+    parse_boxes,
+    parsed_form,
+    read_pose_request,
+    simple_form,
+)
 
 
 def unnamed(count: int) -> list[str | None]:
@@ -267,3 +277,133 @@ async def test_other_content_types_are_refused_naming_what_to_send(content_type)
     assert "application/octet-stream or without a content type" in message
     assert "or multipart/form-data with files in the field 'image'" in message
     assert message.endswith(f"got {content_type!r}")
+
+
+# The quick split of the usual multipart body (`simple_form`) against Starlette's parser, which
+# reads every other body: it must read what Starlette reads, or leave the body to it.
+
+
+async def starlette_reads(body: bytes, content_type: str, max_files: int = 4) -> list[FormPart]:
+    return await parsed_form(request(body, content_type), max_files)
+
+
+def usual_bodies() -> list[tuple[bytes, str]]:
+    """What the clients send: `dipr pose`'s encoder, httpx's (as requests', a browser's), the
+    hand-written one of these tests; with and without boxes, several images, odd file names."""
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\r\n--not-the-boundary\r\n"
+    bodies = [
+        encode_multipart([Part("image", jpeg, "astronaut.jpg", "image/jpeg")]),
+        encode_multipart(
+            [Part("image", jpeg, "a b.jpg", "image/jpeg"), Part("boxes", b"[[[1, 2, 3, 4]]]")]
+        ),
+        encode_multipart(
+            [
+                Part("image", b"", "", None),
+                Part("image", jpeg, "caf\u00e9 \u00fc.png", "image/png; q=1"),
+                Part("boxes", b"[[], [[0, 0, 10, 10]]]"),
+                Part("other", "\u00e9t\u00e9".encode("latin-1")),  # not UTF-8: read as Latin-1
+            ]
+        ),
+        multipart(("image", "x.bmp", b"BM..", "image/bmp"), ("boxes", None, b"", None)),
+        multipart(("boxes", None, b"[]", None), ("image", None, b"text", None)),
+    ]
+    for files, data in (
+        ({"image": ("a.jpg", jpeg, "image/jpeg")}, {"boxes": "[[[1, 2, 3, 4]]]"}),
+        ([("image", ("a.jpg", jpeg, "image/jpeg")), ("image", ("b", b"x"))], {}),
+    ):
+        sent = httpx.Request("POST", "http://dipr/pose", files=files, data=data)
+        bodies.append((sent.read(), sent.headers["content-type"]))
+    return bodies
+
+
+@pytest.mark.parametrize("index", range(len(usual_bodies())))
+async def test_the_quick_split_reads_the_usual_bodies_as_starlette_does(index: int) -> None:
+    body, content_type = usual_bodies()[index]
+    quick = simple_form(body, content_type, 4, MAX_FIELDS)
+    assert quick is not None, body[:300]
+    assert quick == await starlette_reads(body, content_type)
+
+
+BOUNDARY = "dipr-test-boundary"
+TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+HEAD = b'--dipr-test-boundary\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n'
+END = b"\r\n--dipr-test-boundary--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"preamble\r\n" + HEAD + b"\r\nx" + END, TYPE),  # text before the first boundary
+        (HEAD + b"X-Other: 1\r\n\r\nx" + END, TYPE),  # another part header
+        (HEAD + HEAD[22:] + b"\r\nx" + END, TYPE),  # Content-Disposition twice
+        (HEAD.replace(b'; filename="a"', b"; filename=a") + b"\r\nx" + END, TYPE),  # unquoted
+        (HEAD.replace(b"a", b'a\\"b') + b"\r\nx" + END, TYPE),  # an escaped quote
+        (HEAD.replace(b'name="image"', b"") + b"\r\nx" + END, TYPE),  # no name
+        (HEAD.replace(b"Content-Disposition: ", b"Content-Disposition:") + b"\r\nx" + END, TYPE),
+        (HEAD + b"\r\nx" + END + b"epilogue", TYPE),  # text after the last boundary
+        (HEAD + b"\r\nx\r\n--dipr-test-boundaryX" + END, TYPE),  # the boundary, not ending it
+        (HEAD + b"\r\nx", TYPE),  # unterminated
+        (HEAD + b"\r\nx" + END, TYPE + "; charset=latin-1"),  # another parameter
+        (HEAD + b"\r\nx" + END, "multipart/form-data"),  # no boundary
+        (HEAD + b"\r\nx" + END.replace(b"\r\n--d", b"\n--d"), TYPE),  # bare LF
+        (HEAD * 5 + b"\r\nx" + END, TYPE),  # 5 files, 4 allowed
+        (
+            b"".join(
+                b'--dipr-test-boundary\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+                for _ in range(MAX_FIELDS + 1)
+            )
+            + HEAD
+            + b"\r\nx"
+            + END,
+            TYPE,
+        ),
+        (
+            b'--dipr-test-boundary\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n'
+            + b" " * (1024 * 1024 + 1)
+            + END,
+            TYPE,
+        ),  # a text field over Starlette's 1 MiB
+    ],
+)
+def test_other_bodies_are_left_to_starlettes_parser(body: bytes, content_type: str) -> None:
+    assert simple_form(body, content_type, 4, MAX_FIELDS) is None
+
+
+async def test_bodies_the_quick_split_reads_starlette_reads_the_same() -> None:
+    """Usual bodies damaged at random (bytes changed, cut, doubled, CR and LF and quotes thrown
+    in): whenever the quick split still reads one, Starlette's parser reads the same parts."""
+    generator = random.Random(16)
+    noise = [b"\r", b"\n", b"\r\n", b'"', b";", b"-", b"--", b" ", b"\\", b"=", b"\x00"]
+    read = 0
+    for _ in range(1500):
+        body, content_type = generator.choice(usual_bodies()[:3] + usual_bodies()[-2:])
+        data = bytearray(body)
+        for _ in range(generator.randint(1, 3)):
+            at = generator.randrange(len(data))
+            change = generator.randrange(4)
+            if change == 0:
+                data[at : at + 1] = generator.choice(noise)
+            elif change == 1:
+                data.insert(at, generator.randrange(256))
+            elif change == 2:
+                del data[at : at + generator.randint(1, 8)]
+            else:
+                data[at:at] = data[at : at + generator.randint(1, 40)]
+        quick = simple_form(bytes(data), content_type, 4, MAX_FIELDS)
+        if quick is None:
+            continue
+        read += 1
+        try:
+            assert quick == await starlette_reads(bytes(data), content_type)
+        except DiprError as refused:
+            raise AssertionError(
+                f"Starlette refused what the quick split read: {data!r}"
+            ) from refused
+    assert read > 100  # many damaged bodies are still of the usual shape (a changed byte of data)
+
+
+async def test_a_quick_read_request_falls_back_to_starlette_with_the_body_it_read() -> None:
+    """A small body of another shape is read once, then parsed by Starlette from what was read."""
+    body = HEAD + b"Content-Type: image/png\r\nX-Other: 1\r\n\r\nx" + END
+    (image,) = await read_pose_request(request(body, TYPE), 4, 8)
+    assert (image.data, image.media_type, image.name) == (b"x", "image/png", "a")
