@@ -175,14 +175,15 @@ class RemoteInference:
         except OSError:
             self._lost(link, "the inference process is gone")
             raise NotReady("not ready: the inference process is gone") from None
+        expired = DeadlineExceeded("the request's deadline passed before inference finished")
+        # The deadline as a timer on the future itself (asyncio.wait_for costs a task each).
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _fail, future, expired)
         try:
-            return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "the request's deadline passed before inference finished"
-            ) from None
+            return await future
         finally:
-            if future.cancelled():  # given up here: its crops not yet run are skipped there
+            timer.cancel()
+            # Given up here (cancelled, or its deadline passed): crops not yet run are skipped.
+            if future.cancelled() or future.exception() is expired:
                 with contextlib.suppress(OSError):
                     link.send(control(CANCEL, request))
 
