@@ -88,9 +88,10 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[$(ORT)]'
 	touch $@
 
+# gpu-decode: nvImageCodec (DIPR_JPEG_DECODER=nvimgcodec), whose CPU backend the tests run anywhere.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(use_runtime)
-	$(BIN)/pip install -q -e '.[$(ORT),export,eval,train,bench,dev]'
+	$(BIN)/pip install -q -e '.[$(ORT),export,eval,train,bench,dev,gpu-decode]'
 	touch $@ $(SERVE_STAMP)
 
 system-packages:

@@ -8,10 +8,12 @@ should, in under 8 minutes (`--minutes`), every stage bounded by its own deadlin
    --fp16`, when torch is installed), on the fixture photos: the largest difference in pixels
    (goal: fp16 on the GPU within 0.5 px of fp32). The export's own parity check runs on the CPU,
    which computes fp16 graphs in fp32: this is the check of real fp16 arithmetic;
-3. sweep: images/s at batch 1–64 for three ways of running the model: plain `session.run`,
-   IOBinding with input and outputs resident on the device, and CUDA graphs (one session per
-   batch size);
-4. service: `dipr serve` on a free loopback port (DIPR_PROVIDER=cuda), under `hey` load, against
+3. sweep: images/s at batch 1–64 for four ways of running the model: plain `session.run`,
+   IOBinding with input and outputs resident on the device (copied from pageable memory, then
+   from page-locked staging as the service does), and CUDA graphs (one session per batch size);
+4. decode: JPEG decoding by OpenCV on the CPU against nvImageCodec on the GPU, wall and CPU time
+   per image, one thread and several (`benchmarks/jpeg_decoders.py`);
+5. service: `dipr serve` on a free loopback port (DIPR_PROVIDER=cuda), under `hey` load, against
    the best figure of ONNX Runtime alone (goal ≥ 0.85×): first in the layout recommended for a
    GPU (DIPR_FRONTEND_PROCESSES: one front-end process per core, at most 16, one inference
    process), then, in the rest of the stage's time, in the one-process layout;
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dipr.benchmarks.jpeg_decoders import decode_summary, decode_table
 from dipr.models.registry import DEFAULT_ONNX
 
 if TYPE_CHECKING:
@@ -58,16 +61,23 @@ CPU = "CPUExecutionProvider"
 DRY_RUN_NOTE = "CPU dry run, not GPU figures"
 FP16_GOAL_PX = 0.5  # fp16 on the GPU against fp32, largest keypoint difference
 SERVICE_GOAL = 0.85  # the service's images/s over the best of ONNX Runtime alone
-MODES = ("run", "iobinding", "cuda_graph")
+MODES = ("run", "iobinding", "iobinding_pinned", "cuda_graph")
 MODE_TITLES = {
     "run": "session.run",
     "iobinding": "IOBinding, device-resident",
-    "cuda_graph": "CUDA graph",
+    "iobinding_pinned": "IOBinding + page-locked staging",
+    "cuda_graph": "CUDA graph (+ page-locked staging)",
 }
 # Seconds of each stage in the 8-minute budget (scaled with --minutes); 30 s are left over for
 # start-up, the report, the last server's shutdown and a slow machine. The service stage starts
 # two servers (two layouts), each loading and warming up the model.
-STAGE_BUDGETS_S = {"placement": 30.0, "parity": 120.0, "sweep": 150.0, "service": 150.0}
+STAGE_BUDGETS_S = {
+    "placement": 30.0,
+    "parity": 110.0,
+    "sweep": 140.0,
+    "decode": 30.0,
+    "service": 140.0,
+}
 DEFAULT_MINUTES = 8.0
 FRONT_ENDS = "front-end processes"
 ONE_PROCESS = "one process"
@@ -395,10 +405,36 @@ def time_point(run: Callable[[], object], batch_size: int, seconds: float) -> Sw
     )
 
 
+def dry_run_staging() -> tuple[ort.OrtMemoryInfo, str]:
+    """The dry run's stand-in for page-locked memory: host memory from a CPU allocator registered
+    the way the CUDA provider registers its own (the same staging code, nothing page-locked)."""
+    import onnxruntime as ort
+
+    memory = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_DEVICE_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    try:
+        ort.create_and_register_allocator(memory, None)
+    except Exception as error:  # a second dry run in the same process
+        if "already" not in str(error).lower():
+            raise
+    return memory, "dry run: a CPU allocator's memory stands in for page-locked memory"
+
+
+class NoPinnedMemory(Exception):
+    """The pinned mode cannot run: ONNX Runtime offers no page-locked memory here."""
+
+
 def mode_runner(
-    mode: str, plan: Plan, model: Path, session: ort.InferenceSession, batch: np.ndarray
+    mode: str,
+    plan: Plan,
+    model: Path,
+    session: ort.InferenceSession,
+    batch: np.ndarray,
+    pinned: ort.OrtMemoryInfo | None,
 ) -> Callable[[], object]:
-    """One batch run the `mode` way, ready to call (sessions and buffers made here)."""
+    """One batch run the `mode` way, ready to call (sessions and buffers made here); `pinned`:
+    the page-locked host memory the service stages its batches in, if any."""
     from dipr.service.backend import (
         ResidentBatch,
         cuda_graph_providers,
@@ -412,20 +448,29 @@ def mode_runner(
     if mode == "iobinding":
         resident = ResidentBatch(session, len(batch), plan.device)
         return lambda: resident.run(batch)
+    if mode == "iobinding_pinned":
+        if pinned is None:
+            raise NoPinnedMemory
+        staged = ResidentBatch(session, len(batch), plan.device, staging=pinned)
+        return lambda: staged.run(batch)
     # CUDA graphs replay fixed shapes at fixed addresses, one thread per session: one session per
     # batch size. The dry run makes the same fixed-batch session on the CPU, without a graph.
     providers = [CPU] if plan.dry_run else cuda_graph_providers(0)
     options = session_options(0, gpu=not plan.dry_run)
     graph = ResidentBatch(
-        fixed_batch_session(model, len(batch), providers, options), len(batch), plan.device
+        fixed_batch_session(model, len(batch), providers, options),
+        len(batch),
+        plan.device,
+        staging=pinned,  # as the service runs it
     )
     return lambda: graph.run(batch)
 
 
 def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) -> dict[str, Any]:
-    from dipr.service.backend import OnnxBackend
+    from dipr.service.backend import OnnxBackend, pinned_memory
 
     backend = OnnxBackend(model, plan.provider)  # the service's session and its options
+    pinned, no_pinned = dry_run_staging() if plan.dry_run else pinned_memory(0)
     points: list[SweepPoint] = []
     for batch_size in plan.batch_sizes:
         batch = np.ascontiguousarray(np.resize(crops, (batch_size, *crops.shape[1:])))
@@ -435,9 +480,11 @@ def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) 
                 continue
             try:
                 # Made per point and dropped after it: a CUDA graph session holds its memory.
-                run = mode_runner(mode, plan, model, backend.session, batch)
+                run = mode_runner(mode, plan, model, backend.session, batch, pinned)
                 seconds = min(plan.seconds_per_point, deadline.left())
                 point = time_point(run, batch_size, seconds)
+            except NoPinnedMemory:
+                point = SweepPoint("", batch_size, "skipped", reason=no_pinned)
             except Exception as error:  # e.g. a CUDA graph that cannot be captured: say so
                 point = SweepPoint("", batch_size, "failed", reason=first_line(error))
             finally:
@@ -449,13 +496,31 @@ def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) 
     return {
         "points": [asdict(point) for point in points],
         "best": asdict(best) if best is not None else None,
+        # What the service does with DIPR_PINNED_BUFFERS on (its default).
+        "pinned_memory": pinned.name if pinned is not None else None,
+        "pinned_note": no_pinned,
         "cuda_graph_note": (
             "dry run: a fixed-batch CPU session per batch size, no graph" if plan.dry_run else ""
         ),
     }
 
 
-# --- stage 4: the service against ONNX Runtime alone --------------------------------------------
+# --- stage 4: JPEG decoding on the CPU and on the GPU ---------------------------------------------
+
+
+def check_decode(
+    plan: Plan, photo: Path, input_size: tuple[int, int], deadline: Deadline
+) -> dict[str, Any]:
+    """OpenCV against nvImageCodec (`DIPR_JPEG_DECODER=nvimgcodec`): `benchmarks/jpeg_decoders.py`.
+    The dry run decodes with nvImageCodec's CPU decoder instead of the GPU's."""
+    from dipr.benchmarks.jpeg_decoders import compare
+    from dipr.core.nvimgcodec_jpeg import NvimgcodecJpegDecoder
+
+    jpeg_decoder = NvimgcodecJpegDecoder("cpu" if plan.dry_run else "gpu", 0)
+    return compare(photo, jpeg_decoder, input_size, deadline)
+
+
+# --- stage 5: the service against ONNX Runtime alone --------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -700,6 +765,12 @@ def run_check(plan: Plan, model: Path, minutes: float, args: argparse.Namespace)
             stage_deadline("sweep"),
             lambda deadline: check_sweep(plan, model, crops, deadline),
         )
+        run_stage(
+            report,
+            "decode",
+            stage_deadline("decode"),
+            lambda deadline: check_decode(plan, photos[0], size, deadline),
+        )
         best_ort = (sweep.get("best") or {}).get("images_per_s")
         run_stage(
             report,
@@ -759,7 +830,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| stage | status | seconds | result |",
         "|---|---|---:|---|",
     ]
-    for name in ("placement", "parity", "sweep", "service"):
+    for name in STAGE_BUDGETS_S:
         stage = stages.get(name, {"status": "not run"})
         lines.append(
             f"| {name} | {stage['status']} | {stage.get('seconds', '')} | "
@@ -768,6 +839,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += placement_table(stages.get("placement", {}))
     lines += parity_table(stages.get("parity", {}))
     lines += sweep_table(stages.get("sweep", {}))
+    lines += decode_table(stages.get("decode", {}))
     lines += service_table(stages.get("service", {}))
     return "\n".join(lines) + "\n"
 
@@ -793,6 +865,8 @@ def stage_result(name: str, stage: dict[str, Any], goal: dict[str, Any]) -> str:
             f"best {number(best['images_per_s'])} images/s "
             f"({MODE_TITLES[best['mode']]}, batch {best['batch_size']})"
         )
+    if name == "decode":
+        return decode_summary(stage)
     ratio = goal["service_over_ort_best"]
     return (
         f"best {number(stage['best_images_per_s'])} images/s ({stage['best_layout']}) = "
@@ -865,6 +939,10 @@ def sweep_table(stage: dict[str, Any]) -> list[str]:
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     failures = {p["reason"] for p in stage["points"] if p["status"] == "failed"}
     lines += [f"\nFailed: {reason}" for reason in sorted(failures)]
+    if stage.get("pinned_note"):
+        lines.append(f"\nPage-locked staging: {stage['pinned_note']}.")
+    elif stage.get("pinned_memory"):
+        lines.append(f"\nPage-locked staging: ONNX Runtime's {stage['pinned_memory']} memory.")
     if stage.get("cuda_graph_note"):
         lines.append(f"\nCUDA graph column: {stage['cuda_graph_note']}.")
     return lines

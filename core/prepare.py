@@ -6,7 +6,9 @@ Two steps, which the service runs as two stages and `prepare_image` runs back to
   the decode, at the coarsest scale that every crop allows when `reduced` (a 4032×3024 phone
   photo of one person becomes a 256×256 input: decoding is most of the CPU work outside the
   network, and the scaled decode averages pixels where a bilinear warp from full size would skip
-  them); `refine_for_boxes` decodes again, finer, for boxes found only after decoding;
+  them); `refine_for_boxes` decodes again, finer, for boxes found only after decoding. Both
+  decode with `decoder` (`core.decoders`; OpenCV unless told otherwise), which has the last word
+  on the scale (OpenCV: JPEG only, by a factor that divides both sides; nvImageCodec: none);
 - `crop_boxes`: the boxes' placement in the decoded picture, then one warp per box.
 
 No boxes (None) means the whole picture is one crop, unpadded: it already is the region of
@@ -29,7 +31,8 @@ from dipr.core.crops import (
     crop_scale,
     warp,
 )
-from dipr.core.images import DecodedImage, ImageHeader, decode, read_header
+from dipr.core.decoders import OPENCV, ImageDecoder
+from dipr.core.images import DecodedImage, ImageHeader, read_header
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,16 @@ def decode_for_boxes(
     *,
     padding: float = PADDING,
     reduced: bool = True,
+    decoder: ImageDecoder = OPENCV,
 ) -> DecodedImage:
     """Check the boxes' shape, then decode; `reduced`: at the coarsest exact scale that no crop
-    samples more finely than (else every pixel)."""
+    samples more finely than and that `decoder` can (else every pixel)."""
     for box in boxes or ():
         check_box_shape(box)
     at_most = coarsest_reduction(header, boxes, input_size, padding) if reduced else 1.0
     # Only a box too large to be real asks for no pixels: decoded in full, its placement is
     # refused next.
-    return decode(data, header, at_most if math.isfinite(at_most) else 1.0)
+    return decoder.decode(data, header, at_most if math.isfinite(at_most) else 1.0)
 
 
 def refine_for_boxes(
@@ -92,15 +96,17 @@ def refine_for_boxes(
     input_size: tuple[int, int],
     *,
     padding: float = PADDING,
+    decoder: ImageDecoder = OPENCV,
 ) -> DecodedImage:
     """The picture decoded finely enough for `boxes` found after it was decoded (by a detector):
-    `image` itself when it already is, else a finer decode of `data`."""
+    `image` itself when it already is (always, from a full-scale decoder), else a finer decode of
+    `data` by `decoder`."""
     for box in boxes:
         check_box_shape(box)
-    allowed = header.largest_reduction(coarsest_reduction(header, boxes, input_size, padding))
+    allowed = decoder.reduction(header, coarsest_reduction(header, boxes, input_size, padding))
     if image.reduction <= allowed:
         return image
-    return decode(data, header, allowed)
+    return decoder.decode(data, header, allowed)
 
 
 def crop_boxes(
@@ -131,8 +137,11 @@ def prepare_image(
     padding: float = PADDING,
     max_pixels: int,
     reduced: bool = True,
+    decoder: ImageDecoder = OPENCV,
 ) -> PreparedImage:
     """Both steps, as the service runs them."""
     header = read_header(data, declared, max_pixels)
-    decoded = decode_for_boxes(data, header, boxes, input_size, padding=padding, reduced=reduced)
+    decoded = decode_for_boxes(
+        data, header, boxes, input_size, padding=padding, reduced=reduced, decoder=decoder
+    )
     return PreparedImage(decoded, crop_boxes(decoded, boxes, input_size, padding=padding))

@@ -4,7 +4,8 @@
 
 writes docker/requirements-cpu.txt (onnxruntime) and docker/requirements-gpu.txt
 (onnxruntime-gpu instead: the two wheels install the same `onnxruntime` module, so one
-environment must never hold both). The images install these with `pip install --no-deps`, then
+environment must never hold both; and nvImageCodec, the `gpu-decode` extra, for
+DIPR_JPEG_DECODER=nvimgcodec). The images install these with `pip install --no-deps`, then
 the dipr wheel itself with `--no-deps`: pip never resolves anything at build time, so it cannot
 bring the CPU onnxruntime back in beside the GPU one, nor torch.
 
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON_VERSION = "3.12"  # the images' Python: python:3.12 slim and Ubuntu 24.04's python3
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 LOCKS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
+# The pyproject extras each image installs: its ONNX Runtime, and in the GPU image nvImageCodec
+# (DIPR_JPEG_DECODER=nvimgcodec; it loads nvJPEG, libnvjpeg.so.13, from the CUDA base image).
+IMAGE_EXTRAS = {"cpu": ("cpu",), "gpu": ("gpu", "gpu-decode")}
 # TensorRT for the TensorRT provider of onnxruntime-gpu 1.31.1: that provider links TensorRT 10
 # (libnvinfer.so.10 and libnvonnxparser.so.10: `readelf -d` of the wheel's
 # onnxruntime/capi/libonnxruntime_providers_tensorrt.so) built for CUDA 13 (its cuda_version, and
@@ -41,11 +45,13 @@ TENSORRT_INDEX = "https://pypi.nvidia.com"
 TENSORRT_LOCK = "requirements-gpu-tensorrt.txt"
 
 
-def requirements(extra: str) -> list[str]:
-    """pyproject's serving dependencies and this image's ONNX Runtime: the extra `cpu`
-    (onnxruntime) or `gpu` (onnxruntime-gpu), never both (see pyproject's comment)."""
+def requirements(variant: str) -> list[str]:
+    """pyproject's serving dependencies and this image's extras (`IMAGE_EXTRAS`): its ONNX
+    Runtime, the extra `cpu` (onnxruntime) or `gpu` (onnxruntime-gpu), never both (see
+    pyproject's comment)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"][extra]]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(r for e in IMAGE_EXTRAS[variant] for r in extras[e])]
 
 
 def resolve(specifiers: list[str]) -> dict[str, str]:

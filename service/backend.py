@@ -1,6 +1,7 @@
 """ONNX Runtime: load a model that follows a dipr contract (pose or detector), pick the provider,
 run batches."""
 
+import ctypes
 import logging
 import os
 import tempfile
@@ -166,21 +167,87 @@ def cuda_graph_providers(device_id: int) -> list[str | tuple[str, dict[str, obje
     return [(CUDA, {"device_id": device_id, "enable_cuda_graph": "1"}), CPU]
 
 
+def pinned_memory(device_id: int) -> tuple[ort.OrtMemoryInfo | None, str]:
+    """Page-locked host memory for CUDA device `device_id`, as ONNX Runtime's CUDA provider
+    offers it (its HOST_ACCESSIBLE memory), or None and why not.
+
+    A copy from pageable memory goes through the driver's own bounce buffer; from page-locked
+    memory the GPU reads it directly (and faster). ONNX Runtime allocates it only through an
+    OrtEpDevice: the CUDA provider library, registered with the environment, lists one per GPU
+    with a shared allocator for each of its memories.
+    """
+    devices = _cuda_ep_devices()
+    if not devices:
+        library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+        if not library.is_file():
+            return None, "this onnxruntime has no CUDA provider library"
+        try:
+            ort.register_execution_provider_library("dipr-cuda", str(library))
+        except Exception as error:  # onnxruntime raises RuntimeError or its own Fail
+            return None, f"onnxruntime cannot register {library.name}: {_first_line(error)}"
+        devices = _cuda_ep_devices()
+    by_id = [d for d in devices if d.ep_options.get("device_id") == str(device_id)]
+    if by_id:
+        device = by_id[0]
+    elif device_id < len(devices):
+        device = devices[device_id]  # listed in device order when no option names the id
+    else:
+        return None, f"onnxruntime lists no CUDA device {device_id}"
+    memory = device.memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
+    if memory is None:
+        return None, "onnxruntime's CUDA provider offers no host-accessible memory"
+    return memory, ""
+
+
+def _cuda_ep_devices() -> list[ort.OrtEpDevice]:
+    return [device for device in ort.get_ep_devices() if device.ep_name == CUDA]
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def host_array(
+    shape: list[int], dtype: type[np.generic], memory: ort.OrtMemoryInfo
+) -> tuple[np.ndarray, ort.OrtValue]:
+    """A numpy array over host memory that ONNX Runtime allocates from `memory` (a registered
+    shared allocator's): the array is a view, so the OrtValue returned with it must outlive it."""
+    owner = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, memory_info=memory)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    memory_view = (ctypes.c_ubyte * size).from_address(owner.data_ptr())
+    return np.frombuffer(memory_view, dtype).reshape(shape), owner
+
+
 class ResidentBatch:
     """One batch size's input and outputs allocated once, on the device the session runs on, and
     bound once: a batch costs one host→device copy of the input into the same memory
     (`update_inplace`), the run, and one device→host copy of the outputs. Fixed addresses are
-    also what a CUDA graph replays. One batch at a time: `run` returns None when busy."""
+    also what a CUDA graph replays. One batch at a time: `run` returns None when busy.
+
+    `staging`: host memory (page-locked, from `pinned_memory`) that every batch is written into
+    before its copy to the device; fewer rows than the batch size are padded there with zeros.
+    Without it, a full batch is copied from where it is, and a short one padded in a new array.
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, batch_size: int, device: str, device_id: int = 0
+        self,
+        session: ort.InferenceSession,
+        batch_size: int,
+        device: str,
+        device_id: int = 0,
+        staging: ort.OrtMemoryInfo | None = None,
     ) -> None:
         self.session = session
         self.batch_size = batch_size
         (model_input,) = session.get_inputs()
+        input_shape, input_type = self._shape(model_input), NUMPY_TYPES[model_input.type]
         self.input = ort.OrtValue.ortvalue_from_shape_and_type(
-            self._shape(model_input), NUMPY_TYPES[model_input.type], device, device_id
+            input_shape, input_type, device, device_id
         )
+        self.staging: np.ndarray | None = None
+        if staging is not None:
+            self.staging, self._staging_owner = host_array(input_shape, input_type, staging)
+            self.staging[:] = 0
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input(model_input.name, self.input)
         self.output_names = [output.name for output in session.get_outputs()]
@@ -194,6 +261,7 @@ class ResidentBatch:
         for name, value in zip(self.output_names, self.outputs, strict=True):
             self.binding.bind_ortvalue_output(name, value)
         self._busy = threading.Lock()
+        self._staged_rows = 0  # rows of the staging memory that the last batch wrote
 
     def _shape(self, argument: ort.NodeArg) -> list[int]:
         """The argument's shape at this batch size: the leading dimension is the batch; any
@@ -204,12 +272,15 @@ class ResidentBatch:
         return shape
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray] | None:
-        """batch: exactly `batch_size` rows → every output (host copies), or None if another
-        thread is running this batch size now."""
+        """batch: at most `batch_size` rows (zero rows pad it) → every output, one row per batch
+        row (host copies), or None if another thread is running this batch size now."""
+        rows = len(batch)
+        if not 0 < rows <= self.batch_size:
+            raise ValueError(f"a batch of {rows} rows for buffers of {self.batch_size}")
         if not self._busy.acquire(blocking=False):
             return None
         try:
-            self.input.update_inplace(np.ascontiguousarray(batch))
+            self.input.update_inplace(self._host_input(batch))
             # The copy into device memory may still be in flight on another CUDA stream than
             # the session's: the device waits for it before the run, and for the run before
             # the outputs are read (both no-ops on the CPU).
@@ -217,10 +288,24 @@ class ResidentBatch:
             self.session.run_with_iobinding(self.binding)
             self.binding.synchronize_outputs()
             # Copies: the bound memory is overwritten by the next batch.
-            values = [np.array(value) for value in self.binding.copy_outputs_to_cpu()]
+            values = [np.array(value)[:rows] for value in self.binding.copy_outputs_to_cpu()]
         finally:
             self._busy.release()
         return dict(zip(self.output_names, values, strict=True))
+
+    def _host_input(self, batch: np.ndarray) -> np.ndarray:
+        """The input's `batch_size` rows in host memory: `batch`, then zeros."""
+        rows = len(batch)
+        if self.staging is None:
+            if rows == self.batch_size:
+                return np.ascontiguousarray(batch)
+            padding = np.zeros((self.batch_size - rows, *batch.shape[1:]), batch.dtype)
+            return np.concatenate([batch, padding])
+        self.staging[:rows] = batch
+        if self._staged_rows > rows:  # rows a larger batch left there: zeros again
+            self.staging[rows : self._staged_rows] = 0
+        self._staged_rows = rows
+        return self.staging
 
 
 class OnnxBackend(Generic[Info]):
@@ -236,6 +321,7 @@ class OnnxBackend(Generic[Info]):
         tensorrt: TensorrtOptions | None = None,
         describe: Describe[Info] = pose_contract.describe,  # type: ignore[assignment]
         cuda_graphs: bool = False,
+        pinned_buffers: bool = True,
     ) -> None:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
@@ -285,6 +371,11 @@ class OnnxBackend(Generic[Info]):
         if cuda_graphs and not self.cuda_graphs:
             log.warning("CUDA graphs are for the CUDA provider: not used on %s", self.provider)
         self._resident: dict[int, ResidentBatch] = {}
+        self._pinned_buffers = pinned_buffers
+        # Set by warm-up: whether the warmed batches are staged in page-locked host memory, and
+        # if not (on a GPU), why.
+        self.pinned: bool = False
+        self.pinned_note = ""
 
     def add_alongside_session(self, threads: int) -> None:
         """CPU: a second session of the same model with `threads` intra-op threads, for batches
@@ -299,20 +390,17 @@ class OnnxBackend(Generic[Info]):
         """batch: uint8 [N, H, W, 3] → every model output, N rows each."""
         rows = len(batch)
         bucket = next((size for size in self.batch_buckets if size >= rows), rows)
-        if bucket > rows:
-            padding = np.zeros((bucket - rows, *batch.shape[1:]), batch.dtype)
-            outputs = self._infer_rows(np.concatenate([batch, padding]))
-            return {name: values[:rows] for name, values in outputs.items()}
-        return self._infer_rows(batch)
-
-    def _infer_rows(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        resident = self._resident.get(len(batch))
+        resident = self._resident.get(bucket)
         if resident is not None:
-            outputs = resident.run(batch)
+            outputs = resident.run(batch)  # padded to `bucket` in its own host memory
             if outputs is not None:
                 return outputs
         # A size that was not warmed, or its buffers busy with another worker's batch: `run`
         # copies the input to the device and the outputs back itself.
+        if bucket > rows:
+            padding = np.zeros((bucket - rows, *batch.shape[1:]), batch.dtype)
+            outputs = self._run(self.session, np.concatenate([batch, padding]))
+            return {name: values[:rows] for name, values in outputs.items()}
         return self._run(self.session, batch)
 
     @property
@@ -355,18 +443,19 @@ class OnnxBackend(Generic[Info]):
         """Inputs and outputs of every warmed batch size allocated on `device` once, each run
         once (with CUDA graphs: on a session of its own, which the runs capture)."""
         width, height = self.info.input_size
+        staging = self._staging_memory(device)
         resident = {}
         for size in batch_sizes:
             zeros = np.zeros((size, height, width, 3), np.uint8)
             if not self.cuda_graphs:
-                resident[size] = ResidentBatch(self.session, size, device, self._device_id)
+                resident[size] = ResidentBatch(self.session, size, device, self._device_id, staging)
                 resident[size].run(zeros)
                 continue
             try:
                 options = session_options(self._intra_op_threads, gpu=True)
                 providers = cuda_graph_providers(self._device_id)
                 session = fixed_batch_session(self._path, size, providers, options)
-                resident[size] = ResidentBatch(session, size, device, self._device_id)
+                resident[size] = ResidentBatch(session, size, device, self._device_id, staging)
                 # ONNX Runtime captures the graph after its first regular run(s): a few runs
                 # here, so that no request pays for the capture.
                 for _ in range(3):
@@ -377,3 +466,17 @@ class OnnxBackend(Generic[Info]):
                     f"as a CUDA graph: {error}"
                 ) from error
         self._resident = resident  # whole, at once: batches may already be running
+
+    def _staging_memory(self, device: str) -> ort.OrtMemoryInfo | None:
+        """Page-locked host memory for the batches on their way to a CUDA device, when the
+        provider offers it (else pageable: slower copies, the same results)."""
+        if device != "cuda" or not self._pinned_buffers:
+            self.pinned_note = "" if device != "cuda" else "DIPR_PINNED_BUFFERS is off"
+            return None
+        memory, why = pinned_memory(self._device_id)
+        self.pinned, self.pinned_note = memory is not None, why
+        if memory is None:
+            log.warning("batches are copied to the GPU from pageable memory: %s", why)
+        else:
+            log.info("batches are staged in page-locked host memory (%s)", memory.name)
+        return memory

@@ -15,6 +15,7 @@ from dipr.extras import RUNTIME, missing_extras
 from dipr.service.preflight import (
     FLAG_VARIABLES,
     gpu_unused,
+    jpeg_decoder_problem,
     settings_problem,
     unavailable_addresses,
     unreadable_files,
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(settings_problem(error, flags), BAD_CONFIGURATION)
     except SettingsError as error:  # a value pydantic-settings could not even parse
         return _fail(str(error), BAD_CONFIGURATION)
-    problem = missing_extras(RUNTIME)
+    problem = missing_extras(RUNTIME) or jpeg_decoder_problem(settings.jpeg_decoder)
     if problem is not None:
         return _fail(problem, BAD_CONFIGURATION)
     log_config = logging_config(settings.log_format, args.log_level)
@@ -133,8 +134,8 @@ def _run_servers(args: argparse.Namespace, settings: "Settings", log_config: Any
     if settings.frontend_processes > 0:
         return _serve_frontends(settings, args.log_level, common)
     if args.workers > 1:
-        # uvicorn's supervisor runs the workers: plain shutdown, no drain delay.
-        factory = "dipr.service.http.app:create_app"
+        # uvicorn's supervisor runs the workers; each app puts the drain before its exit.
+        factory = "dipr.service.http.app:create_worker_app"
         uvicorn.run(factory, factory=True, workers=args.workers, **common)
         return 0
 
@@ -174,8 +175,8 @@ def _serve_frontends(settings: "Settings", log_level: str, common: dict[str, Any
             )
             server.run()
         else:
-            # uvicorn's supervisor runs the front-ends: plain shutdown, no drain delay.
-            factory = "dipr.service.http.app:create_app"
+            # uvicorn's supervisor runs the front-ends; each app puts the drain before its exit.
+            factory = "dipr.service.http.app:create_worker_app"
             uvicorn.run(factory, factory=True, workers=settings.frontend_processes, **common)
     finally:
         inference.stop(settings.shutdown_grace_s)

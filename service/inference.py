@@ -113,6 +113,7 @@ class LocalInference:
             TensorrtOptions(s.tensorrt_cache_dir, max_batch_size),
             describe=describe,
             cuda_graphs=s.cuda_graphs,
+            pinned_buffers=s.pinned_buffers,
         )
 
     def _batcher(

@@ -1,7 +1,7 @@
 """Checks before `dipr serve` loads anything: whatever can be known wrong (a setting, a file, an
-address, a GPU that ONNX Runtime cannot use) is said in one line naming what the operator set
-(`DIPR_MAX_IMAGES`, `--port`), instead of a traceback, a slow failure after the model loaded, or
-a replica unready for ever."""
+address, a GPU that ONNX Runtime cannot use, a GPU JPEG decoder without a GPU) is said in one line
+naming what the operator set (`DIPR_MAX_IMAGES`, `--port`), instead of a traceback, a slow failure
+after the model loaded, or a replica unready for ever."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from dipr.extras import missing_extras
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -162,6 +164,31 @@ def gpu_visible() -> bool:
     return listed.returncode == 0 and any(
         line.startswith("GPU ") for line in listed.stdout.splitlines()
     )
+
+
+def jpeg_decoder_message(jpeg_decoder: str, gpu: bool) -> str | None:
+    """Why DIPR_JPEG_DECODER cannot work on a machine that shows a GPU or not (`gpu`), as far as
+    can be told without a CUDA context (this process may only supervise the processes that
+    decode), or None. A GPU that is visible and still cannot decode (no nvJPEG library, a
+    driver too old) leaves each replica unready, saying why (`Runtime.load`)."""
+    if jpeg_decoder != "nvimgcodec":
+        return None
+    missing = missing_extras({"nvidia.nvimgcodec": "gpu-decode"})
+    if missing is not None:
+        return f"DIPR_JPEG_DECODER=nvimgcodec: {missing}"
+    if not gpu:
+        return (
+            "DIPR_JPEG_DECODER=nvimgcodec decodes JPEGs on an NVIDIA GPU and none is visible "
+            "here: unset it (OpenCV, on the CPU, is the default)"
+        )
+    return None
+
+
+def jpeg_decoder_problem(jpeg_decoder: str) -> str | None:
+    """jpeg_decoder_message for this machine."""
+    if jpeg_decoder == "opencv":
+        return None  # nothing to look for
+    return jpeg_decoder_message(jpeg_decoder, gpu_visible())
 
 
 def gpu_unused_message(provider: str, available: list[str], gpu: bool) -> str | None:

@@ -7,6 +7,9 @@ the decode budget, the threads for CPU work and the pipeline of stages (admit �
 letterbox → crop → detect → crop → pose → back to image pixels), and only then reports ready.
 The HTTP layer calls `estimate` and reads `model`, `detector`, `provider` and `readiness()`; it
 never sees a session, a batcher or a stage.
+
+Every process that decodes (the one process, or each front-end process) makes its own image
+decoder here, as DIPR_JPEG_DECODER says: OpenCV, or nvImageCodec on the GPU for JPEGs.
 """
 
 import asyncio
@@ -15,8 +18,10 @@ import os
 import time
 from collections.abc import Sequence
 
+from dipr.core.decoders import OPENCV, ImageDecoder, WithJpegDecoder
 from dipr.core.detector_contract import DetectorInfo
 from dipr.core.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded
+from dipr.core.nvimgcodec_jpeg import JpegDecoderUnavailable, NvimgcodecJpegDecoder
 from dipr.core.pose_contract import ModelInfo
 from dipr.service.admission import DecodeBudget
 from dipr.service.fair_pool import FairPool
@@ -41,9 +46,23 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def image_decoder(settings: Settings) -> ImageDecoder:
+    """The decoder DIPR_JPEG_DECODER names, made (and, for nvImageCodec, proven on a tiny JPEG)
+    in this process; JpegDecoderUnavailable, naming the variable, if it cannot decode here."""
+    if settings.jpeg_decoder == "opencv":
+        return OPENCV
+    try:
+        return WithJpegDecoder(NvimgcodecJpegDecoder("gpu", settings.device_id))
+    except JpegDecoderUnavailable as error:
+        raise JpegDecoderUnavailable(f"DIPR_JPEG_DECODER=nvimgcodec: {error}") from error
+
+
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decoder: ImageDecoder | None = None) -> None:
+        """`decoder`: the image decoder to use instead of the one DIPR_JPEG_DECODER names (tests
+        use nvImageCodec on the CPU, which no setting offers)."""
         self.settings = settings
+        self._decoder = decoder
         self.metrics = ServiceMetrics()
         self.model: ModelInfo | None = None
         self.detector: DetectorInfo | None = None
@@ -58,6 +77,15 @@ class Runtime:
         A model or provider that cannot serve leaves the runtime unready, with the reason. In a
         front-end process: wait for the inference process to have loaded them."""
         s = self.settings
+        decoder = self._decoder
+        if decoder is None:
+            try:
+                decoder = image_decoder(s)
+            except JpegDecoderUnavailable as error:
+                # Before the models: a replica that could decode nothing is unready at once.
+                log.error("not ready: %s", error)
+                self._not_ready = str(error)
+                return
         if s.inference_socket is not None:
             remote = RemoteInference(s.inference_socket)
             self._inference = remote
@@ -76,7 +104,7 @@ class Runtime:
         if pose_info is None or pose is None:
             self._not_ready = inference.readiness() or "the models did not load"
             return
-        crop = CropStage(pose_info.input_size, s.box_padding)
+        crop = CropStage(pose_info.input_size, s.box_padding, decoder)
         # Images sent with boxes are cropped right after decoding, the others after detection.
         cropping: list[Stage] = [crop]
         decode_size = pose_info.input_size
@@ -106,11 +134,12 @@ class Runtime:
             s.max_image_pixels,
             s.reduced_decode,
             detecting=detecting,
+            decoder=decoder,
         )
         self._pipeline = Pipeline(
             [
                 admit,
-                DecodeStage(decode_size, s.box_padding, s.reduced_decode),
+                DecodeStage(decode_size, s.box_padding, s.reduced_decode, decoder),
                 *cropping,
                 PoseStage(pose),
                 ToImageStage(),

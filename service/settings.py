@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         "size, inputs and outputs at fixed GPU addresses: less CPU per batch); every node of the "
         "model must run on CUDA, else the replica stays unready saying why (see make gpu-check)",
     )
+    pinned_buffers: bool = Field(
+        True,
+        description="CUDA/TensorRT: stage each batch in page-locked host memory from ONNX "
+        "Runtime's CUDA provider before its copy to the GPU (where it offers none: pageable "
+        "memory, with a warning); off: always pageable",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,
@@ -123,6 +129,16 @@ class Settings(BaseSettings):
         True,
         description="decode a JPEG at 1/2, 1/4 or 1/8 of its size when every crop samples it "
         "at least that coarsely (faster; false: always decode every pixel)",
+    )
+    jpeg_decoder: Literal["opencv", "nvimgcodec"] = Field(
+        "opencv",
+        description="opencv: every image decoded by OpenCV on the CPU; nvimgcodec: JPEGs "
+        "decoded on the GPU DIPR_DEVICE_ID by nvJPEG through nvImageCodec (the gpu-decode "
+        "extra; its hardware JPEG decoder on A100/H100/H200), always at full scale (no "
+        "DIPR_REDUCED_DECODE for JPEG), then copied to the host, where crops are warped as "
+        "before; other formats, and JPEGs nvJPEG refuses, stay with OpenCV. For GPU hosts "
+        "whose front end is limited by JPEG decoding. Each decoding process holds its own CUDA "
+        "context. Refused at start where it cannot decode",
     )
     failure_threshold: int = Field(
         3, ge=1, description="consecutive failed batches after which readiness goes down"

@@ -22,6 +22,7 @@ checked end to end (see `scenario`). Apart: the GPU service's environment in the
 (DIPR_FRONTEND_PROCESSES) with its metrics port, on the CPU.
 """
 
+import importlib.util
 import json
 import os
 import pwd
@@ -393,12 +394,28 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# The extras each image installs beside the serving dependencies (docker/lock.py's IMAGE_EXTRAS):
+# its ONNX Runtime, the extra of the same name, and in the GPU image nvImageCodec.
+IMAGE_EXTRAS = {"cpu": ["cpu"], "gpu": ["gpu", "gpu-decode"]}
+
+
+def test_the_locked_extras_are_lock_pys() -> None:
+    spec = importlib.util.spec_from_file_location("docker_lock", DOCKER / "lock.py")
+    assert spec is not None and spec.loader is not None
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    assert {variant: list(extras) for variant, extras in lock.IMAGE_EXTRAS.items()} == IMAGE_EXTRAS
+
+
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_requirement_lists_pin_pyprojects_serving_dependencies(variant: str) -> None:
     locked = pins(variant)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    # The serving dependencies and the variant's ONNX Runtime: the extra of the same name.
-    for dependency in [*project["dependencies"], *project["optional-dependencies"][variant]]:
+    extras = project["optional-dependencies"]
+    for dependency in [
+        *project["dependencies"],
+        *(r for e in IMAGE_EXTRAS[variant] for r in extras[e]),
+    ]:
         requirement = Requirement(dependency)
         name = canonical(requirement.name)
         assert name in locked, name
@@ -409,11 +426,12 @@ def test_requirement_lists_pin_pyprojects_serving_dependencies(variant: str) -> 
     assert other not in locked
 
 
-def test_requirement_lists_differ_only_in_the_onnx_runtime() -> None:
+def test_requirement_lists_differ_only_in_the_onnx_runtime_and_the_gpu_jpeg_decoder() -> None:
     cpu, gpu = pins("cpu"), pins("gpu")
     assert {k: v for k, v in cpu.items() if k != "onnxruntime"} == {
-        k: v for k, v in gpu.items() if k != "onnxruntime-gpu"
+        k: v for k, v in gpu.items() if k not in ("onnxruntime-gpu", "nvidia-nvimgcodec-cu13")
     }
+    assert "nvidia-nvimgcodec-cu13" in gpu
 
 
 def test_prometheus_config_and_rules_pass_promtool() -> None:

@@ -102,6 +102,21 @@ def test_a_missing_model_given_by_flag_names_the_flag(tmp_path):
     assert line.startswith("dipr serve: --model (DIPR_MODEL_PATH): cannot read ")
 
 
+@pytest.mark.skipif(gpu_visible(), reason="this machine has a GPU: nvJPEG may well decode")
+def test_the_gpu_jpeg_decoder_without_a_gpu_fails_at_once_naming_its_variable():
+    # --log-level info, as above; the refusal does not import nvImageCodec (whose import prints
+    # lines of its own), it only looks for the GPU.
+    result, seconds = dipr(
+        "serve", "--log-level", "info", env=clean_environment(DIPR_JPEG_DECODER="nvimgcodec")
+    )
+    line = assert_one_line_refusal(result, seconds)
+    assert result.returncode == 2
+    assert line.startswith(
+        "dipr serve: DIPR_JPEG_DECODER=nvimgcodec decodes JPEGs on an NVIDIA GPU and none is "
+        "visible here"
+    )
+
+
 @pytest.fixture
 def taken_port() -> int:
     with socket.socket() as listener:

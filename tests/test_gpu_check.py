@@ -79,11 +79,11 @@ def test_a_dry_run_runs_every_stage_and_says_it_holds_no_gpu_figures(dry_run) ->
     _, report, table = dry_run
     assert report["dry_run"] is True and report["note"] == "CPU dry run, not GPU figures"
     assert report["provider"] == "cpu"
-    assert list(report["stages"]) == ["placement", "parity", "sweep", "service"]
+    assert list(report["stages"]) == ["placement", "parity", "sweep", "decode", "service"]
     assert all(stage["status"] == "ok" for stage in report["stages"].values()), report["stages"]
     assert report["elapsed_s"] < report["budget_s"] == 240
     assert "**CPU dry run, not GPU figures**" in table
-    for stage in ("placement", "parity", "sweep", "service"):
+    for stage in ("placement", "parity", "sweep", "decode", "service"):
         assert re.search(rf"^\| {stage} \| ok \| [\d.]+ \| .+ \|$", table, re.M), stage
 
 
@@ -108,14 +108,18 @@ def test_the_dry_run_places_every_node_and_compares_keypoints(dry_run) -> None:
     assert "| fp32 | cpu against cpu |" in table
 
 
-def test_the_dry_run_sweeps_three_ways_of_running_and_loads_the_service(dry_run) -> None:
+def test_the_dry_run_sweeps_four_ways_of_running_and_loads_the_service(dry_run) -> None:
     _, report, table = dry_run
     points = report["stages"]["sweep"]["points"]
     assert {(p["mode"], p["batch_size"]) for p in points} == {
         (mode, size) for mode in gpu_check.MODES for size in (1, 2)
     }
     assert all(p["status"] == "ok" and p["images_per_s"] > 0 for p in points), points
-    assert "| batch | session.run | IOBinding, device-resident | CUDA graph |" in table
+    assert (
+        "| batch | session.run | IOBinding, device-resident | IOBinding + page-locked staging "
+        "| CUDA graph (+ page-locked staging) |" in table
+    )
+    assert "a CPU allocator's memory stands in for page-locked memory" in table
     assert re.search(r"^\| 2 \| [\d,.]+ \([\d.]+\) \| [\d,.]+ \(", table, re.M)
     service = report["stages"]["service"]
     best = report["stages"]["sweep"]["best"]["images_per_s"]
@@ -290,3 +294,24 @@ def test_the_gpu_image_gets_tensorrt_10_built_for_its_cuda() -> None:
     assert "requirements-gpu-tensorrt.txt" not in "".join(s for s in stages if s is not gpu_base)
     # The serving closure stays TensorRT-free (and never the `tensorrt` meta package).
     assert not [p for p in pinned(DOCKER / "requirements-gpu.txt") if p.startswith("tensorrt")]
+
+
+def test_the_dry_run_compares_jpeg_decoders_as_the_service_runs_them(dry_run) -> None:
+    _, report, table = dry_run
+    decode = report["stages"]["decode"]
+    figures = {(f["size"], f["decoder"], f["threads"]): f for f in decode["figures"]}
+    served, full, nvimgcodec = (
+        "OpenCV, reduced (as served)",
+        "OpenCV, full scale",
+        (
+            "nvImageCodec (the CPU)"  # the dry run's stand-in for the GPU
+        ),
+    )
+    for threads in (1, decode["threads"]):
+        # A 12 MP photo for one 256×256 crop: OpenCV decodes 1/8 of it, nvImageCodec all of it.
+        assert figures[("4032x3024", served, threads)]["reduction"] == 8
+        assert figures[("4032x3024", full, threads)]["reduction"] == 1
+        assert figures[("4032x3024", nvimgcodec, threads)]["reduction"] == 1
+    assert all(f["cpu_ms"] > 0 and f["images_per_s"] > 0 for f in figures.values())
+    assert "| 4032x3024 | nvImageCodec (the CPU) | 1 | 1/1 |" in table
+    assert re.search(r"^\| decode \| ok \| [\d.]+ \| 4032x3024, \d threads: OpenCV", table, re.M)

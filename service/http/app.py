@@ -22,6 +22,7 @@ from dipr.service.http.middleware import RequestLimits, RequestObserver
 from dipr.service.http.routes import health_router, metrics_router, pose_router
 from dipr.service.http.shortcut import PoseShortcut
 from dipr.service.runtime import Runtime
+from dipr.service.server import drain_this_worker
 from dipr.service.settings import Settings
 
 log = logging.getLogger("dipr.service")
@@ -81,6 +82,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(RequestObserver, metrics=runtime.metrics)
+    return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one of the processes that uvicorn's supervisor runs (`--workers`, several
+    front-ends), with the drain that its servers lack (`DrainingServer` is the one-process
+    layout's)."""
+    settings = Settings()
+    app = create_app(settings)
+    drain_this_worker(app.state.runtime.begin_drain, settings.drain_delay_s)
     return app
 
 

@@ -4,6 +4,7 @@ refused here is named in the error (its position and file name)."""
 
 from dipr.core.crops import check_box_shape
 from dipr.core.decode_cost import decode_cost_mp
+from dipr.core.decoders import OPENCV, ImageDecoder
 from dipr.core.errors import DiprError, image_place
 from dipr.core.images import read_header
 from dipr.service.admission import DecodeBudget
@@ -21,6 +22,7 @@ class AdmitStage(RequestStage):
         max_pixels: int,
         reduced: bool,
         detecting: bool,
+        decoder: ImageDecoder = OPENCV,
     ) -> None:
         self.budget = budget
         self.decode_size = decode_size
@@ -28,6 +30,7 @@ class AdmitStage(RequestStage):
         self.max_pixels = max_pixels
         self.reduced = reduced
         self.detecting = detecting  # a detector runs for images sent without boxes
+        self.decoder = decoder  # the decode stage's: it says at which scale images decode
 
     async def run_request(self, works: list[ImageWork], deadline: float) -> None:
         costs = []
@@ -48,6 +51,7 @@ class AdmitStage(RequestStage):
                 padding=self.padding,
                 reduced=self.reduced and not work.options.keep_pixels,
                 detect=self.detecting and work.wants_detection,
+                decoder=self.decoder,
             )
             costs.append(cost)
         admission = self.budget.admit(costs)

@@ -1,5 +1,7 @@
-"""Stage: the image's bytes → its pixels, at the coarsest scale its crops allow."""
+"""Stage: the image's bytes → its pixels, at the coarsest scale its crops (and the decoder)
+allow."""
 
+from dipr.core.decoders import OPENCV, ImageDecoder
 from dipr.core.prepare import decode_for_boxes
 from dipr.service.pipeline import ImageStage, ImageWork, required
 
@@ -8,10 +10,17 @@ class DecodeStage(ImageStage):
     name = "decode"
     offload = True  # decoding is most of the CPU work outside the networks
 
-    def __init__(self, input_size: tuple[int, int], padding: float, reduced: bool) -> None:
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        padding: float,
+        reduced: bool,
+        decoder: ImageDecoder = OPENCV,
+    ) -> None:
         self.input_size = input_size
         self.padding = padding
         self.reduced = reduced
+        self.decoder = decoder
 
     def run_image(self, work: ImageWork) -> None:
         # Without boxes, the whole picture's scale: the letterbox of a detector whose input is
@@ -24,5 +33,6 @@ class DecodeStage(ImageStage):
             padding=self.padding,
             # Pixels kept for drawing are drawn on at full size.
             reduced=self.reduced and not work.options.keep_pixels,
+            decoder=self.decoder,
         )
         work.size = (decoded.width, decoded.height)

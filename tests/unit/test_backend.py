@@ -15,6 +15,7 @@ from dipr.service.backend import (
     TensorrtOptions,
     cuda_graph_providers,
     fixed_batch_session,
+    pinned_memory,
     session_options,
     warm_up_sizes,
 )
@@ -190,6 +191,68 @@ def test_warmed_sizes_run_on_resident_buffers_and_others_on_session_run(monkeypa
         np.testing.assert_array_equal(busy[name], values)
 
 
+def test_resident_batch_pads_a_short_batch_itself() -> None:
+    session = OnnxBackend(DEFAULT_ONNX, "cpu").session
+    resident = ResidentBatch(session, 4, "cpu")
+    batch = random_crops(3)
+    got = resident.run(batch)
+    assert got is not None
+    want = session.run(None, {"image": np.concatenate([batch, np.zeros_like(batch[:1])])})
+    for values, expected in zip(got.values(), want, strict=True):
+        np.testing.assert_array_equal(values, expected[:3])
+    with pytest.raises(ValueError, match="a batch of 5 rows for buffers of 4"):
+        resident.run(random_crops(5))
+
+
+@pytest.fixture(scope="module")
+def host_memory() -> ort.OrtMemoryInfo:
+    """Host memory from a shared allocator registered with ONNX Runtime's environment: how the
+    CUDA provider's page-locked memory is allocated, on the CPU (which has no page-locked kind)."""
+    memory = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_DEVICE_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(memory, None)
+    return memory
+
+
+def test_staged_batches_give_exactly_what_session_run_gives(host_memory) -> None:
+    session = OnnxBackend(DEFAULT_ONNX, "cpu").session
+    resident = ResidentBatch(session, 4, "cpu", staging=host_memory)
+    assert resident.staging is not None
+    # A view of ONNX Runtime's allocation, not a copy of it.
+    assert resident.staging.ctypes.data == resident._staging_owner.data_ptr()
+    # 4 rows, then 2 (the last two rows of the 4 must not be run again), then 3.
+    for rows, seed in ((4, 5), (2, 6), (3, 7)):
+        batch = random_crops(rows, seed)
+        padded = np.concatenate([batch, np.zeros((4 - rows, *batch.shape[1:]), np.uint8)])
+        want = session.run(None, {"image": padded})
+        got = resident.run(batch)
+        assert got is not None
+        for values, expected in zip(got.values(), want, strict=True):
+            np.testing.assert_array_equal(values, expected[:rows])
+        np.testing.assert_array_equal(resident.staging, padded)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="onnxruntime-gpu has the CUDA provider library")
+def test_without_the_cuda_provider_there_is_no_pinned_memory(caplog) -> None:
+    assert pinned_memory(0) == (None, "this onnxruntime has no CUDA provider library")
+    backend = OnnxBackend(DEFAULT_ONNX, "cpu")
+    with caplog.at_level("WARNING", logger="dipr.service.backend"):
+        assert backend._staging_memory("cuda") is None
+    assert (
+        not backend.pinned
+        and backend.pinned_note == "this onnxruntime has no CUDA provider library"
+    )
+    assert "batches are copied to the GPU from pageable memory" in caplog.text
+    assert OnnxBackend(DEFAULT_ONNX, "cpu", pinned_buffers=False)._staging_memory("cuda") is None
+
+
+def test_pinned_buffers_are_on_unless_set_off(monkeypatch) -> None:
+    assert Settings().pinned_buffers is True
+    monkeypatch.setenv("DIPR_PINNED_BUFFERS", "false")
+    assert Settings().pinned_buffers is False
+
+
 def test_a_fixed_batch_session_has_static_shapes_and_the_same_outputs() -> None:
     session = fixed_batch_session(DEFAULT_ONNX, 2, [CPU], session_options(0))
     assert session.get_inputs()[0].shape == [2, 256, 256, 3]
@@ -230,6 +293,8 @@ def test_on_cuda_warmed_sizes_keep_their_buffers_on_the_gpu(cuda_graphs: bool) -
     backend.warm_up([1, 2, 4])
     assert sorted(backend._resident) == [1, 2, 4]
     assert backend._resident[4].input.device_name().lower() == "cuda"
+    # Page-locked staging from the CUDA provider (or why not: then `make gpu-check` says so too).
+    assert backend.pinned, backend.pinned_note
     on_cpu = OnnxBackend(DEFAULT_ONNX, "cpu")
     # Twice, in two orders: a CUDA graph replays with each new input copied into its memory.
     for batch in (crops, crops[::-1].copy()):

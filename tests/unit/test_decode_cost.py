@@ -4,7 +4,9 @@ the entropy-coded data read at any scale, plus the worst case of a detector's bo
 import pytest
 
 from dipr.core.decode_cost import decode_cost_mp
+from dipr.core.decoders import OPENCV, WithJpegDecoder
 from dipr.core.images import ImageHeader, read_header
+from dipr.core.nvimgcodec_jpeg import NvimgcodecJpegDecoder
 from dipr.core.prepare import decode_for_boxes
 from tests.helpers.image_files import blobs_jpeg
 
@@ -38,10 +40,26 @@ def test_detection_adds_the_most_a_second_decode_can_cost():
     assert detect == pytest.approx(whole + stored * 1.125)
 
 
+@pytest.mark.parametrize("decoder", ["opencv", "nvimgcodec"])
 @pytest.mark.parametrize("boxes", [None, [(10.0, 10.0, 500.0, 500.0)], [(5.0, 5.0, 40.0, 40.0)]])
-def test_the_cost_follows_the_scale_the_decode_chooses(boxes):
+def test_the_cost_follows_the_scale_the_decode_chooses(boxes, decoder):
+    # nvImageCodec (its CPU backend here) decodes JPEGs in full: counted so.
+    chosen = OPENCV if decoder == "opencv" else WithJpegDecoder(NvimgcodecJpegDecoder("cpu"))
     data = blobs_jpeg(1024, 768, [(512, 384)], 40)
     header = read_header(data, None, 10**8)
-    decoded = decode_for_boxes(data, header, boxes, (256, 256))
+    decoded = decode_for_boxes(data, header, boxes, (256, 256), decoder=chosen)
     expected = decoded.pixels.shape[0] * decoded.pixels.shape[1] / 1e6 + 1024 * 768 / 8e6
-    assert decode_cost_mp(header, boxes, (256, 256)) == pytest.approx(expected)
+    assert decode_cost_mp(header, boxes, (256, 256), decoder=chosen) == pytest.approx(expected)
+
+
+def test_a_full_scale_decoder_costs_every_pixel_and_a_detection_no_more():
+    stored = 4032 * 3024 / 1e6
+    full_scale = WithJpegDecoder(NvimgcodecJpegDecoder("cpu"))
+    assert decode_cost_mp(PHONE, LARGE_BOX, (256, 256), decoder=full_scale) == pytest.approx(
+        stored * 1.125
+    )
+    # A detection still adds a second decode in full, as for OpenCV's full-scale decodes (PNG,
+    # reduced=False), though a decode in full is fine enough for any box: conservative.
+    assert decode_cost_mp(
+        PHONE, None, (256, 256), detect=True, decoder=full_scale
+    ) == pytest.approx(stored * 1.125 * 2)

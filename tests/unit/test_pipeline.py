@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dipr.core.crops import Crop
+from dipr.core.decoders import WithJpegDecoder
 from dipr.core.errors import (
     InvalidInput,
     Overloaded,
@@ -17,6 +18,7 @@ from dipr.core.errors import (
     image_place,
 )
 from dipr.core.images import DecodedImage
+from dipr.core.nvimgcodec_jpeg import NvimgcodecJpegDecoder
 from dipr.core.prepare import CroppedImage
 from dipr.service.admission import DecodeBudget
 from dipr.service.fair_pool import FairPool
@@ -153,6 +155,25 @@ async def test_kept_pixels_are_decoded_at_full_size(pool):
     await admit().run_request([work], deadline)
     DecodeStage((256, 256), 1.25, reduced=True).run_image(work)
     assert required(work.decoded, "decoded").reduction == 2  # without: 512 → 256 at 1/2
+
+
+async def test_with_nvimgcodec_a_jpeg_is_decoded_admitted_and_refined_at_full_scale(pool):
+    """The stages share the runtime's decoder: nvImageCodec (its CPU backend) decodes the JPEG in
+    full, admission counted every pixel, and boxes found later need no second decode."""
+    decoder = WithJpegDecoder(NvimgcodecJpegDecoder("cpu"))
+    budget = DecodeBudget(1000)
+    admit = AdmitStage(
+        budget, (256, 256), 1.25, 10**8, reduced=True, detecting=False, decoder=decoder
+    )
+    work = ImageWork(image(512, 512), PoseOptions(), 0)
+    await admit.run_request([work], time.monotonic() + 5)
+    assert budget.in_flight() == pytest.approx(512 * 512 / 1e6 * 1.125)  # OpenCV's: 1/2 scale
+    DecodeStage((256, 256), 1.25, reduced=True, decoder=decoder).run_image(work)
+    decoded = required(work.decoded, "decoded")
+    assert (decoded.reduction, decoded.pixels.shape) == (1, (512, 512, 3))
+    work.detected, work.boxes = [], [(200.0, 200.0, 260.0, 300.0)]  # as if found by a detector
+    CropStage((256, 256), 1.25, decoder=decoder).run_image(work)
+    assert required(work.cropped, "cropped").inputs.shape == (1, 256, 256, 3)
 
 
 async def test_a_request_over_the_budget_is_refused_before_anything_is_decoded(pool):

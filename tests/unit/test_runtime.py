@@ -14,13 +14,16 @@ import pytest
 
 from dipr.core import pose_contract
 from dipr.core.crops import PADDING
+from dipr.core.decoders import WithJpegDecoder
 from dipr.core.detection import DEFAULT_MIN_PERSON_SCORE
 from dipr.core.errors import InvalidInput, NotReady
+from dipr.core.nvimgcodec_jpeg import NvimgcodecJpegDecoder
 from dipr.core.prepare import prepare_image
 from dipr.models.registry import DEFAULT_ONNX
 from dipr.service.backend import OnnxBackend
 from dipr.service.http.app import create_app
 from dipr.service.pipeline import ImageInput, ImagePoses, PoseOptions
+from dipr.service.preflight import gpu_visible
 from dipr.service.runtime import Runtime
 from dipr.service.settings import Settings
 from tests.helpers.image_files import side_by_side
@@ -172,3 +175,58 @@ def test_with_detection_off_an_image_without_boxes_is_one_crop():
             estimate(runtime, image, detect=True)
     finally:
         runtime.stop()
+
+
+@pytest.mark.skipif(gpu_visible(), reason="this machine has a GPU: nvJPEG may well work")
+def test_the_nvimgcodec_decoder_without_a_gpu_leaves_the_runtime_unready_naming_its_variable():
+    runtime = Runtime(Settings(**SMALL, jpeg_decoder="nvimgcodec"))
+    runtime.load()  # fails before the models load
+    reason = runtime.readiness()
+    assert reason is not None and reason.startswith("DIPR_JPEG_DECODER=nvimgcodec: "), reason
+    assert "GPU 0" in reason and runtime.model is None
+    with pytest.raises(NotReady, match="DIPR_JPEG_DECODER"):
+        estimate(runtime, ImageInput(PHOTO, None, None))
+
+
+@pytest.fixture(scope="module")
+def nvimgcodec_on_the_cpu() -> Iterator[Runtime]:
+    """The service with JPEGs decoded by nvImageCodec, its CPU backend (what the GPU setting
+    does, but for the device: the runtime takes the decoder that no setting offers)."""
+    runtime = Runtime(Settings(**SMALL), WithJpegDecoder(NvimgcodecJpegDecoder("cpu")))
+    runtime.load()
+    assert runtime.readiness() is None
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def opencv_full_scale() -> Iterator[Runtime]:
+    runtime = Runtime(Settings(**SMALL, reduced_decode=False))
+    runtime.load()
+    yield runtime
+    runtime.stop()
+
+
+@pytest.mark.parametrize("boxes", [None, [(120.0, 20.0, 400.0, 500.0)]], ids=["detected", "box"])
+def test_with_nvimgcodec_the_keypoints_are_those_of_opencv_decoding_every_pixel(
+    nvimgcodec_on_the_cpu, opencv_full_scale, detecting, boxes
+):
+    image = ImageInput(PHOTO, "image/jpeg", boxes)
+    served = estimate(nvimgcodec_on_the_cpu, image)
+    # The same pixels (libjpeg-turbo both), the same crops: the same answer.
+    full = estimate(opencv_full_scale, image)
+    assert len(served.persons) == len(full.persons) == 1
+    for person, expected in zip(served.persons, full.persons, strict=True):
+        assert person.box == pytest.approx(expected.box, abs=1e-3)
+        np.testing.assert_allclose(person.keypoints, expected.keypoints, atol=1e-3)
+        np.testing.assert_allclose(person.scores, expected.scores, atol=1e-5)
+    # The default service decodes this 512×512 photo at 1/2 (libjpeg's scaled IDCT averages
+    # what a bilinear warp from every pixel samples): the confident joints stay within 10 px of
+    # each other (measured: 5.7 px detected, 6.8 px in the box; the box within 6 px).
+    reduced = estimate(detecting, image)
+    (person,), (expected,) = served.persons, reduced.persons
+    assert person.box == pytest.approx(expected.box, abs=8)
+    confident = (person.scores >= 0.3) & (expected.scores >= 0.3)
+    assert confident.sum() >= 10
+    distance = np.linalg.norm(person.keypoints - expected.keypoints, axis=1)[confident]
+    assert distance.max() < 10, distance

@@ -79,6 +79,7 @@ def test_api_keys_from_a_file_join_those_of_the_variable(monkeypatch, tmp_path):
         ("DIPR_FAILURE_THRESHOLD", "0"),
         ("DIPR_LOG_FORMAT", "xml"),
         ("DIPR_REDUCED_DECODE", "maybe"),
+        ("DIPR_JPEG_DECODER", "nvjpeg"),
         ("DIPR_METRICS_PORT", "-1"),
     ],
 )
@@ -86,6 +87,12 @@ def test_bad_values_are_refused_at_start(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_jpegs_are_decoded_by_opencv_unless_nvimgcodec_is_named(monkeypatch):
+    assert Settings().jpeg_decoder == "opencv"
+    monkeypatch.setenv("DIPR_JPEG_DECODER", "nvimgcodec")
+    assert Settings().jpeg_decoder == "nvimgcodec"
 
 
 def test_a_request_larger_than_the_queue_could_never_be_admitted(monkeypatch):

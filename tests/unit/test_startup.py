@@ -113,6 +113,25 @@ def test_a_gpu_that_onnx_runtime_cannot_use_is_warned_about(provider, available,
         assert "\n" not in message
 
 
+def test_a_gpu_jpeg_decoder_without_a_gpu_or_its_wheel_is_refused_naming_its_variable(monkeypatch):
+    assert preflight.jpeg_decoder_message("opencv", gpu=False) is None
+    assert preflight.jpeg_decoder_message("nvimgcodec", gpu=True) is None  # the wheel is here
+    message = preflight.jpeg_decoder_message("nvimgcodec", gpu=False)
+    assert message is not None and "\n" not in message
+    assert message.startswith("DIPR_JPEG_DECODER=nvimgcodec decodes JPEGs on an NVIDIA GPU")
+    monkeypatch.setattr(extras, "importable", lambda name: name != "nvidia.nvimgcodec")
+    message = preflight.jpeg_decoder_message("nvimgcodec", gpu=True)
+    assert message is not None and message.startswith("DIPR_JPEG_DECODER=nvimgcodec: ")
+    assert "pip install 'dipr[gpu-decode]'" in message
+
+
+@pytest.mark.skipif(preflight.gpu_visible(), reason="this machine has a GPU")
+def test_on_this_machine_without_a_gpu_the_nvimgcodec_decoder_is_refused_at_start():
+    message = preflight.jpeg_decoder_problem(Settings(jpeg_decoder="nvimgcodec").jpeg_decoder)
+    assert message is not None and "DIPR_JPEG_DECODER" in message
+    assert preflight.jpeg_decoder_problem(Settings().jpeg_decoder) is None
+
+
 def nvidia_smi(folder: Path, output: str, status: int = 0) -> None:
     tool = folder / "nvidia-smi"
     tool.write_text(f"#!/bin/sh\necho '{output}'\nexit {status}\n")
