@@ -196,7 +196,18 @@ def pinned_memory(device_id: int) -> tuple[ort.OrtMemoryInfo | None, str]:
     memory = device.memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
     if memory is None:
         return None, "onnxruntime's CUDA provider offers no host-accessible memory"
-    return memory, ""
+    why_not = allocation_problem(memory)
+    return (None, why_not) if why_not else (memory, "")
+
+
+def allocation_problem(memory: ort.OrtMemoryInfo) -> str:
+    """Why ONNX Runtime cannot allocate host memory from `memory` ("" if it can): an allocation
+    that would fail at warm-up fails here, once, and batches then take pageable memory."""
+    try:
+        host_array([1], np.uint8, memory)
+    except Exception as error:  # onnxruntime's RuntimeError or Fail
+        return f"onnxruntime cannot allocate its {memory.name} memory: {_first_line(error)}"
+    return ""
 
 
 def _cuda_ep_devices() -> list[ort.OrtEpDevice]:

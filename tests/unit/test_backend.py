@@ -13,6 +13,7 @@ from dipr.service.backend import (
     ProviderUnavailable,
     ResidentBatch,
     TensorrtOptions,
+    allocation_problem,
     cuda_graph_providers,
     fixed_batch_session,
     pinned_memory,
@@ -231,6 +232,17 @@ def test_staged_batches_give_exactly_what_session_run_gives(host_memory) -> None
         for values, expected in zip(got.values(), want, strict=True):
             np.testing.assert_array_equal(values, expected[:rows])
         np.testing.assert_array_equal(resident.staging, padded)
+
+
+def test_memory_without_an_allocator_is_found_out_before_warm_up(host_memory) -> None:
+    assert allocation_problem(host_memory) == ""
+    # No allocator registered for this memory type (the fixture's is DEFAULT).
+    unregistered = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_DEVICE_ALLOCATOR, 0, ort.OrtMemType.CPU_OUTPUT
+    )
+    assert allocation_problem(unregistered).startswith(
+        "onnxruntime cannot allocate its Cpu memory: No shared allocator found"
+    )
 
 
 @pytest.mark.skipif(not NO_GPU, reason="onnxruntime-gpu has the CUDA provider library")
