@@ -466,11 +466,36 @@ def mode_runner(
     return lambda: graph.run(batch)
 
 
+def pinned_memory_crash() -> str:
+    """ "" when `pinned_memory(0)` returns in a process of its own, else how that process ended:
+    registering the CUDA provider library with the environment has never run on a GPU here, and
+    a crash must not take the whole check (and the device time it was given) with it."""
+    code = (
+        "from dipr.service.backend import pinned_memory\n"
+        "memory, why = pinned_memory(0)\n"
+        "print(why or memory.name)"
+    )
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+    except subprocess.TimeoutExpired:
+        return "looking for page-locked memory took over 60 s"
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"looking for page-locked memory ended its process ({probe.returncode}): {last}"
+    return ""
+
+
 def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) -> dict[str, Any]:
     from dipr.service.backend import OnnxBackend, pinned_memory
 
     backend = OnnxBackend(model, plan.provider)  # the service's session and its options
-    pinned, no_pinned = dry_run_staging() if plan.dry_run else pinned_memory(0)
+    crash = "" if plan.dry_run else pinned_memory_crash()
+    if plan.dry_run:
+        pinned, no_pinned = dry_run_staging()
+    else:
+        pinned, no_pinned = (None, crash) if crash else pinned_memory(0)
     points: list[SweepPoint] = []
     for batch_size in plan.batch_sizes:
         batch = np.ascontiguousarray(np.resize(crops, (batch_size, *crops.shape[1:])))
@@ -499,6 +524,7 @@ def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) 
         # What the service does with DIPR_PINNED_BUFFERS on (its default).
         "pinned_memory": pinned.name if pinned is not None else None,
         "pinned_note": no_pinned,
+        "pinned_crash": crash,  # then the service stage runs with DIPR_PINNED_BUFFERS=false
         "cuda_graph_note": (
             "dry run: a fixed-batch CPU session per batch size, no graph" if plan.dry_run else ""
         ),
@@ -635,12 +661,18 @@ def check_service(
     work: Path,
     deadline: Deadline,
     size: tuple[int, int],
+    pinned_crash: str = "",
 ) -> dict[str, Any]:
     """Each layout in turn, each given an equal share of what is left of the stage (the first
-    one's unused time goes to the second); the best images/s of all against ONNX Runtime's."""
+    one's unused time goes to the second); the best images/s of all against ONNX Runtime's.
+    `pinned_crash`: the sweep's probe for page-locked memory crashed, so the service runs
+    without it."""
     if shutil.which("hey") is None:
         return {"status": "skipped", "reason": "needs `hey` (Debian package hey)"}
-    layouts = service_layouts(plan, service_env(plan, model), size)
+    env = service_env(plan, model)
+    if pinned_crash:
+        env["DIPR_PINNED_BUFFERS"] = "false"
+    layouts = service_layouts(plan, env, size)
     results: list[dict[str, Any]] = []
     for index, layout in enumerate(layouts):
         share = Deadline(deadline.left() / (len(layouts) - index))
@@ -772,11 +804,14 @@ def run_check(plan: Plan, model: Path, minutes: float, args: argparse.Namespace)
             lambda deadline: check_decode(plan, photos[0], size, deadline),
         )
         best_ort = (sweep.get("best") or {}).get("images_per_s")
+        pinned_crash = str(sweep.get("pinned_crash") or "")
         run_stage(
             report,
             "service",
             stage_deadline("service"),
-            lambda deadline: check_service(plan, model, photos[0], best_ort, work, deadline, size),
+            lambda deadline: check_service(
+                plan, model, photos[0], best_ort, work, deadline, size, pinned_crash
+            ),
         )
     report["elapsed_s"] = round(minutes * 60 - overall.left(), 1)
     report["goals"] = goals(report)
