@@ -466,32 +466,11 @@ def mode_runner(
     return lambda: graph.run(batch)
 
 
-def pinned_memory_crash() -> str:
-    """ "" when `pinned_memory(0)` returns in a process of its own, else how that process ended:
-    registering the CUDA provider library with the environment has never run on a GPU here, and
-    a crash must not take the whole check (and the device time it was given) with it."""
-    code = (
-        "from dipr.service.backend import pinned_memory\n"
-        "memory, why = pinned_memory(0)\n"
-        "print(why or memory.name)"
-    )
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
-        )
-    except subprocess.TimeoutExpired:
-        return "looking for page-locked memory took over 60 s"
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"looking for page-locked memory ended its process ({probe.returncode}): {last}"
-    return ""
-
-
 def check_sweep(plan: Plan, model: Path, crops: np.ndarray, deadline: Deadline) -> dict[str, Any]:
-    from dipr.service.backend import OnnxBackend, pinned_memory
+    from dipr.service.backend import OnnxBackend, pinned_memory, pinned_memory_crash
 
     backend = OnnxBackend(model, plan.provider)  # the service's session and its options
-    crash = "" if plan.dry_run else pinned_memory_crash()
+    crash = "" if plan.dry_run else pinned_memory_crash(0)
     if plan.dry_run:
         pinned, no_pinned = dry_run_staging()
     else:

@@ -4,6 +4,8 @@ run batches."""
 import ctypes
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -207,6 +209,26 @@ def allocation_problem(memory: ort.OrtMemoryInfo) -> str:
         host_array([1], np.uint8, memory)
     except Exception as error:  # onnxruntime's RuntimeError or Fail
         return f"onnxruntime cannot allocate its {memory.name} memory: {_first_line(error)}"
+    return ""
+
+
+def pinned_memory_crash(device_id: int) -> str:
+    """ "" when `pinned_memory` returns in a process of its own, else how that process ended.
+    Registering the CUDA provider library with the environment is the one step of serving that
+    runs nowhere but on a GPU: should it crash, the replica serves from pageable memory instead
+    of crash-looping (about a second, once, at start-up)."""
+    code = (
+        "from dipr.service.backend import pinned_memory\n"
+        f"memory, why = pinned_memory({int(device_id)})\n"
+        "print(why or memory.name)"
+    )
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "looking for page-locked memory took over 60 s"
+    if probe.returncode != 0:
+        lines = probe.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        return f"looking for page-locked memory ended its process ({probe.returncode}): {lines[-1]}"
     return ""
 
 
@@ -484,7 +506,8 @@ class OnnxBackend(Generic[Info]):
         if device != "cuda" or not self._pinned_buffers:
             self.pinned_note = "" if device != "cuda" else "DIPR_PINNED_BUFFERS is off"
             return None
-        memory, why = pinned_memory(self._device_id)
+        crash = pinned_memory_crash(self._device_id)
+        memory, why = (None, crash) if crash else pinned_memory(self._device_id)
         self.pinned, self.pinned_note = memory is not None, why
         if memory is None:
             log.warning("batches are copied to the GPU from pageable memory: %s", why)

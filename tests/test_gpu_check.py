@@ -315,9 +315,3 @@ def test_the_dry_run_compares_jpeg_decoders_as_the_service_runs_them(dry_run) ->
     assert all(f["cpu_ms"] > 0 and f["images_per_s"] > 0 for f in figures.values())
     assert "| 4032x3024 | nvImageCodec (the CPU) | 1 | 1/1 |" in table
     assert re.search(r"^\| decode \| ok \| [\d.]+ \| 4032x3024, \d threads: OpenCV", table, re.M)
-
-
-def test_page_locked_memory_is_looked_for_in_a_process_of_its_own_first() -> None:
-    """On a GPU the probe decides whether the sweep and the service may look in-process; here it
-    finds no CUDA provider library and returns normally, which is no crash."""
-    assert gpu_check.pinned_memory_crash() == ""

@@ -17,6 +17,7 @@ from dipr.service.backend import (
     cuda_graph_providers,
     fixed_batch_session,
     pinned_memory,
+    pinned_memory_crash,
     session_options,
     warm_up_sizes,
 )
@@ -257,6 +258,12 @@ def test_without_the_cuda_provider_there_is_no_pinned_memory(caplog) -> None:
     )
     assert "batches are copied to the GPU from pageable memory" in caplog.text
     assert OnnxBackend(DEFAULT_ONNX, "cpu", pinned_buffers=False)._staging_memory("cuda") is None
+
+
+def test_page_locked_memory_is_looked_for_in_a_process_of_its_own_first() -> None:
+    """On a GPU the probe decides whether a replica may look in-process; here it finds no CUDA
+    provider library and returns normally, which is no crash."""
+    assert pinned_memory_crash(0) == ""
 
 
 def test_pinned_buffers_are_on_unless_set_off(monkeypatch) -> None:
