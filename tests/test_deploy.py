@@ -22,6 +22,7 @@ checked end to end (see `scenario`). Apart: the GPU service's environment in the
 (DIPR_FRONTEND_PROCESSES) with its metrics port, on the CPU.
 """
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -424,6 +425,19 @@ def test_requirement_lists_pin_pyprojects_serving_dependencies(variant: str) -> 
     # Never both: onnxruntime and onnxruntime-gpu install the same module.
     other = {"cpu": "onnxruntime-gpu", "gpu": "onnxruntime"}[variant]
     assert other not in locked
+
+
+def test_the_opencv_the_tests_use_is_the_images_release() -> None:
+    """OpenCV decodes and warps every crop: a new release moves the figures (test_int8's gate)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (opencv,) = [
+        Requirement(d) for d in project["dependencies"] if d.startswith("opencv-python-headless")
+    ]
+    (pin,) = opencv.specifier
+    assert pin.operator == "=="
+    assert pins("cpu")["opencv-python-headless"] == pins("gpu")["opencv-python-headless"]
+    assert pins("cpu")["opencv-python-headless"] == pin.version
+    assert importlib.metadata.version("opencv-python-headless") == pin.version
 
 
 def test_requirement_lists_differ_only_in_the_onnx_runtime_and_the_gpu_jpeg_decoder() -> None:
