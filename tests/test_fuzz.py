@@ -41,13 +41,26 @@ from tests.helpers.serving import running_service
 MAX_EXAMPLES = 500  # per operation taking a body (/pose, /pose/render)
 MAX_EXAMPLES_SIMPLE = 25  # per operation without parameters or body
 FUZZ_BUDGET_S = 60.0
+
+
+@schemathesis.check
+def negative_data_rejection_as_sent(ctx: Any, response: Any, case: Any) -> bool | None:
+    """negative_data_rejection, but not for a form whose schema-violating field is an empty
+    list: multipart sends a list as one part per item, so an empty one is no part at all, and the
+    request the service received was valid (schemathesis 4.32 generated `boxes` as [] and failed
+    the 200 it got: a request with an image and no boxes)."""
+    if isinstance(case.body, dict) and any(value == [] for value in case.body.values()):
+        return None
+    return negative_data_rejection(ctx, response, case)
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
-    negative_data_rejection,
+    negative_data_rejection_as_sent,
 ]
 
 
