@@ -2,6 +2,7 @@
 run batches."""
 
 import ctypes
+import functools
 import logging
 import os
 import subprocess
@@ -212,6 +213,7 @@ def allocation_problem(memory: ort.OrtMemoryInfo) -> str:
     return ""
 
 
+@functools.cache  # once per process: the pose model and the detector each warm up with it
 def pinned_memory_crash(device_id: int) -> str:
     """ "" when `pinned_memory` returns in a process of its own, else how that process ended.
     Registering the CUDA provider library with the environment is the one step of serving that
